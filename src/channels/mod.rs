@@ -1,0 +1,165 @@
+//! Delivery channels: one trait, one adapter per provider, and the registry built from config.
+//!
+//! A channel reports *what happened* to one message; the delivery loop alone decides what to do
+//! next (retry, back off, pause the channel, fall back). Adapters never log secrets: tokens live
+//! in [`crate::config::Secret`] and token-bearing URLs are never formatted into errors.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub mod log;
+pub mod telegram;
+pub mod twilio;
+
+/// One message, addressed and rendered, ready for a provider.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    /// Outbox id, for logs only.
+    pub id: i64,
+    /// Normalized address: `628…` digits for WhatsApp, a chat id for Telegram, an email address.
+    pub recipient: String,
+    /// Email subject; other channels ignore it.
+    pub subject: Option<String>,
+    pub body: String,
+    /// Public URL of an attachment (scheduled messages), when the channel supports one.
+    pub media_url: Option<String>,
+}
+
+/// What the provider said when it accepted the message.
+#[derive(Debug, Clone, Default)]
+pub struct Receipt {
+    pub provider_message_id: Option<String>,
+}
+
+/// The retry contract between adapters and the delivery loop (see `providers.md` §0).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying with backoff (5xx, timeout, connection refused).
+    #[error("transient: {reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// The provider asked us to slow down; does not spend an attempt.
+    #[error("rate limited: {reason}")]
+    RateLimited { reason: String, retry_after: Option<Duration> },
+    /// This recipient or this message can never succeed on this channel.
+    #[error("permanent: {reason}")]
+    Permanent { reason: String },
+    /// The whole channel is unusable (bad credentials, device offline, quota gone): stop the
+    /// channel for the rest of the pass without spending attempts.
+    #[error("channel down: {reason}")]
+    ChannelDown { reason: String },
+}
+
+impl DeliveryError {
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient { reason: reason.into(), retry_after: None }
+    }
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent { reason: reason.into() }
+    }
+    pub fn channel_down(reason: impl Into<String>) -> Self {
+        Self::ChannelDown { reason: reason.into() }
+    }
+}
+
+/// A provider adapter. `name()` is what the outbox records as the provider (`twilio`, `log`, …).
+#[async_trait]
+pub trait Channel: Send + Sync {
+    fn provider(&self) -> &'static str;
+    async fn send(&self, message: &OutboundMessage) -> Result<Receipt, DeliveryError>;
+}
+
+/// Classifies a reqwest transport error (no HTTP response) without ever printing its URL, which
+/// may carry a token (Telegram puts it in the path).
+pub fn transport_error(err: &reqwest::Error) -> DeliveryError {
+    let what = if err.is_timeout() {
+        "request timed out"
+    } else if err.is_connect() {
+        "could not connect to the provider"
+    } else if err.is_body() || err.is_decode() {
+        "the provider's reply could not be read"
+    } else {
+        "the request to the provider failed"
+    };
+    DeliveryError::transient(what)
+}
+
+/// Parses a `Retry-After` header given in seconds.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Keeps at most `max` characters of a provider's reply for an error message.
+pub fn snippet(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().take(max).collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out
+}
+
+/// The configured provider of each logical channel.
+pub struct Registry {
+    channels: Vec<(&'static str, std::sync::Arc<dyn Channel>)>,
+}
+
+impl Registry {
+    /// Builds the adapters for every configured channel. The HTTP client is shared and built
+    /// only when some channel needs it.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, reqwest::Error> {
+        use crate::config::{Email, Telegram, WhatsApp};
+        use std::sync::Arc;
+
+        let mut client: Option<reqwest::Client> = None;
+        let mut http = || -> Result<reqwest::Client, reqwest::Error> {
+            if let Some(c) = &client {
+                return Ok(c.clone());
+            }
+            let c = reqwest::Client::builder()
+                .timeout(settings.request_timeout)
+                .connect_timeout(settings.request_timeout.min(std::time::Duration::from_secs(10)))
+                .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
+                .build()?;
+            client = Some(c.clone());
+            Ok(c)
+        };
+        let mut channels: Vec<(&'static str, Arc<dyn Channel>)> = Vec::new();
+        match &settings.whatsapp {
+            Some(WhatsApp::Twilio(cfg)) => channels
+                .push(("whatsapp", Arc::new(twilio::TwilioChannel::new(cfg.clone(), http()?)))),
+            Some(WhatsApp::Log) => channels.push(("whatsapp", Arc::new(log::LogChannel::new("whatsapp")))),
+            None => {}
+        }
+        match &settings.telegram {
+            Some(Telegram::Bot(cfg)) => channels
+                .push(("telegram", Arc::new(telegram::TelegramChannel::new(cfg.clone(), http()?)))),
+            Some(Telegram::Log) => channels.push(("telegram", Arc::new(log::LogChannel::new("telegram")))),
+            None => {}
+        }
+        match &settings.email {
+            Some(Email::Log) => channels.push(("email", Arc::new(log::LogChannel::new("email")))),
+            None => {}
+        }
+        Ok(Self { channels })
+    }
+
+    /// A registry with the given adapters, for tests.
+    pub fn with(channels: Vec<(&'static str, std::sync::Arc<dyn Channel>)>) -> Self {
+        Self { channels }
+    }
+
+    pub fn get(&self, channel: &str) -> Option<std::sync::Arc<dyn Channel>> {
+        self.channels.iter().find(|(name, _)| *name == channel).map(|(_, c)| c.clone())
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = (&'static str, &std::sync::Arc<dyn Channel>)> {
+        self.channels.iter().map(|(n, c)| (*n, c))
+    }
+}

@@ -1,0 +1,59 @@
+//! One file per subcommand: each turns its arguments into a call of the engine and hands back
+//! what to print and the exit code. No business logic lives here.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::cli::{Command, Common};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::store::Store;
+
+mod pass;
+mod seed;
+mod status;
+
+/// Exit codes of SPEC §1.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_STRICT_FAILURES: u8 = 3;
+
+/// Runs one command; errors mean the pass could not run (exit 1).
+pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => pass::run(pass::Mode::Run, args, env).await,
+        Command::Generate(args) => pass::run(pass::Mode::Generate, args, env).await,
+        Command::Send(args) => pass::run(pass::Mode::Send, args, env).await,
+        Command::Seed { common, reset } => seed::run(&common, reset, env).await,
+        Command::Status { common, failures } => status::run(&common, failures, env).await,
+    }
+}
+
+/// Settings, clock and an open, migrated store: what every command starts from.
+pub(crate) struct Setup {
+    pub settings: Settings,
+    pub clock: Clock,
+    pub store: Arc<dyn Store>,
+}
+
+pub(crate) async fn setup(common: &Common, mut env: HashMap<String, String>) -> anyhow::Result<Setup> {
+    if let Some(url) = &common.database_url {
+        env.insert("DATABASE_URL".into(), url.clone());
+    }
+    let settings = Settings::from_env(&env).context("configuration")?;
+    let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
+    let store = crate::store::connect(&settings.database_url)
+        .await
+        .with_context(|| format!("cannot open the {} database", scheme(&settings.database_url)))?;
+    if !common.no_migrate {
+        store.migrate().await.context("cannot apply database migrations")?;
+    }
+    Ok(Setup { settings, clock, store })
+}
+
+/// The database kind, for error messages: the URL itself may carry a password.
+fn scheme(url: &str) -> &str {
+    url.split(':').next().unwrap_or("configured")
+}

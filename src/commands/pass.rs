@@ -1,0 +1,97 @@
+//! `run`, `generate` and `send`: one pass, reported.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::channels::Registry;
+use crate::cli::PassArgs;
+use crate::deliver::{Delivery, Stop};
+use crate::report::{emit, PassReport};
+use crate::templates::Templates;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Run,
+    Generate,
+    Send,
+}
+
+pub async fn run(mode: Mode, args: PassArgs, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    let setup = super::setup(&args.common, env).await?;
+    let settings = &setup.settings;
+    let now = setup.clock.now();
+    let mut report = PassReport {
+        command: match mode {
+            Mode::Run => "run",
+            Mode::Generate => "generate",
+            Mode::Send => "send",
+        },
+        now,
+        timezone: settings.timezone,
+        dry_run: args.dry_run,
+        generate: None,
+        deliver: None,
+    };
+    if mode != Mode::Send {
+        let generated =
+            crate::generate::generate(setup.store.as_ref(), settings, now, args.dry_run)
+                .await
+                .context("generation failed")?;
+        report.generate = Some(generated);
+    }
+    if mode != Mode::Generate {
+        let templates =
+            Templates::load(settings.template_dir.as_deref()).context("cannot load templates")?;
+        let registry = Registry::from_settings(settings).context("cannot set up the channels")?;
+        let stop = Arc::new(Stop::default());
+        let signals = tokio::spawn(stop_on_signal(stop.clone()));
+        let delivery = Delivery {
+            store: setup.store.clone(),
+            settings,
+            registry: &registry,
+            templates: &templates,
+            clock: setup.clock,
+            stop,
+            all_details: args.common.json,
+        };
+        let delivered = if args.dry_run { delivery.preview().await } else { delivery.run().await };
+        signals.abort();
+        report.deliver = Some(delivered.context("delivery failed")?);
+    }
+    if args.common.json {
+        emit(&report.to_json().to_string());
+    } else {
+        emit(&report.to_text());
+    }
+    let failed = report.totals().failed;
+    Ok(if args.strict && failed > 0 {
+        ExitCode::from(super::EXIT_STRICT_FAILURES)
+    } else {
+        ExitCode::from(super::EXIT_OK)
+    })
+}
+
+/// SIGTERM or Ctrl-C: start no new sends; claimed messages go back with their attempt.
+async fn stop_on_signal(stop: Arc<Stop>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            stop.request();
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::warn!("stop requested: no new sends start; claimed messages go back to pending");
+    stop.request();
+}

@@ -1,0 +1,10 @@
+//! Pure rules: stage dates, recurrence, phone numbers, money and date formatting, the send
+//! window, rates and backoff. No I/O and no clock here: every function takes "now" or "today".
+
+pub mod backoff;
+pub mod dunning;
+pub mod format;
+pub mod phone;
+pub mod rate;
+pub mod recurrence;
+pub mod window;

@@ -1,0 +1,127 @@
+//! Generation: what is due now becomes outbox rows. Each rule and stage is one set-based
+//! statement in the store; this module only decides the date windows and, for recurring
+//! scheduled messages, the next occurrence.
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono_tz::Tz;
+
+use crate::config::Settings;
+use crate::domain::recurrence::{next_occurrence, Recurrence};
+use crate::store::{GenRow, ScheduledAdvance, Store, StoreError};
+
+/// Scheduled messages are read in pages of this many.
+const SCHEDULED_PAGE: i64 = 500;
+
+/// One rule and stage of a generation pass, as the summary shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RuleLine {
+    pub rule: &'static str,
+    pub stage: String,
+    /// The window of subject dates this stage covers today (due dates, visit dates).
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    /// Subjects in the window.
+    pub found: u64,
+    /// Outbox rows created now.
+    pub queued: u64,
+    /// Subjects whose reminder already existed.
+    pub existing: u64,
+    #[serde(skip)]
+    pub rows: Vec<GenRow>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GenerateReport {
+    pub lines: Vec<RuleLine>,
+    /// Queued dunning messages cancelled because their invoice was settled.
+    pub cancelled: Vec<GenRow>,
+}
+
+impl GenerateReport {
+    pub fn rows(&self) -> impl Iterator<Item = &GenRow> {
+        self.lines.iter().flat_map(|l| l.rows.iter())
+    }
+}
+
+/// The local date of `now` in `tz`.
+pub fn local_today(now: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    now.with_timezone(&tz).date_naive()
+}
+
+/// Runs every rule once at `now`.
+pub async fn generate(
+    store: &dyn Store,
+    settings: &Settings,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<GenerateReport, StoreError> {
+    let today = local_today(now, settings.timezone);
+    let mut report = GenerateReport {
+        cancelled: store.cancel_settled(now, dry_run).await?,
+        ..GenerateReport::default()
+    };
+
+    for stage in settings.dunning.stages() {
+        let due = stage.due_range(today);
+        let out = store.generate_dunning(&stage.name, due, now, dry_run).await?;
+        report.lines.push(line("dunning", stage.name.clone(), Some(due), out));
+    }
+
+    // 0 ≤ days until the visit < 3.
+    let visit = (today, today + Duration::days(2));
+    let out = store.generate_maintenance(visit, now, dry_run).await?;
+    report.lines.push(line("maintenance", "visit".into(), Some(visit), out));
+
+    let mut scheduled = crate::store::Generated::default();
+    let mut after_id = 0;
+    loop {
+        let due = store.due_scheduled(now, after_id, SCHEDULED_PAGE).await?;
+        let Some(last) = due.last() else { break };
+        after_id = last.id;
+        let advances: Vec<ScheduledAdvance> = due
+            .iter()
+            .map(|d| {
+                // The table's CHECK keeps recurrence valid; an unknown value ends the series
+                // after this occurrence rather than failing the pass.
+                let recurrence = d.recurrence.parse().unwrap_or(Recurrence::None);
+                ScheduledAdvance {
+                    id: d.id,
+                    run_at: d.run_at,
+                    next_run_at: next_occurrence(d.scheduled_at, recurrence, now, settings.timezone),
+                    dedup_key: format!("scheduled:{}:{}", d.id, d.run_at.timestamp()),
+                    stage: match recurrence {
+                        Recurrence::None => "once".to_string(),
+                        other => other.as_str().to_string(),
+                    },
+                }
+            })
+            .collect();
+        let out = store.queue_scheduled(&advances, now, dry_run).await?;
+        scheduled.found += out.found;
+        scheduled.rows.extend(out.rows);
+        if (due.len() as i64) < SCHEDULED_PAGE {
+            break;
+        }
+    }
+    report.lines.push(line("scheduled", "due".into(), None, scheduled));
+    Ok(report)
+}
+
+fn line(
+    rule: &'static str,
+    stage: String,
+    window: Option<(NaiveDate, NaiveDate)>,
+    out: crate::store::Generated,
+) -> RuleLine {
+    let queued = out.rows.len() as u64;
+    RuleLine {
+        rule,
+        stage,
+        from: window.map(|w| w.0),
+        to: window.map(|w| w.1),
+        found: out.found,
+        queued,
+        existing: out.found.saturating_sub(queued),
+        rows: out.rows,
+    }
+}

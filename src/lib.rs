@@ -1,0 +1,18 @@
+//! reminderctl: one bounded, idempotent pass of reminder generation and delivery.
+//!
+//! A pass is a straight line: [`cli`] → [`config`] → [`store`] → [`generate`] → [`deliver`] →
+//! [`report`]. [`domain`] holds the pure rules (stage dates, recurrence, phone numbers,
+//! formatting), [`channels`] the provider adapters, [`clock`] the one source of "now".
+
+pub mod channels;
+pub mod cli;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod deliver;
+pub mod domain;
+pub mod generate;
+pub mod report;
+pub mod seed;
+pub mod store;
+pub mod templates;
