@@ -1,0 +1,113 @@
+//! The command line as a user meets it: exit codes, clear errors, and secrets never printed.
+
+use serde_json::json;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::both;
+use crate::helpers::{contact, invoice, TestDb};
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let db = TestDb::sqlite().await;
+    for args in [&["frobnicate"][..], &["run", "--now", "yesterday"], &["run", "--bogus"]] {
+        let out = db.run(args, &[]).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_exits_1_without_printing_its_password() {
+    let db = TestDb::sqlite().await;
+    let out = db
+        .run(&["run"], &[("DATABASE_URL", "postgres://app:hunter2-secret@127.0.0.1:1/app")])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let all = text(&out);
+    assert!(all.contains("error: cannot open the postgres database"), "{all}");
+    assert!(!all.contains("hunter2-secret"), "{all}");
+    assert!(!all.contains("panicked"), "{all}");
+}
+
+#[tokio::test]
+async fn bad_settings_exit_1_naming_the_variable() {
+    let db = TestDb::sqlite().await;
+    for (var, value) in [
+        ("REMINDER_SEND_WINDOW", "25:00-26:00"),
+        ("REMINDER_TIMEZONE", "Mars/Olympus"),
+        ("REMINDER_WHATSAPP_RATE", "fast"),
+        ("DATABASE_URL", "mysql://localhost/x"),
+        ("TWILIO_ACCOUNT_SID", "AC123"),
+    ] {
+        let out = db.run(&["run"], &[(var, value)]).await;
+        assert_eq!(out.status.code(), Some(1), "{var}={value}: {}", text(&out));
+        let all = text(&out);
+        assert!(all.starts_with("error: "), "{all}");
+        assert!(!all.contains("panicked"), "{all}");
+    }
+}
+
+both!(strict_exits_3_when_a_message_failed, strict_body);
+async fn strict_body(db: &TestDb) {
+    contact(db, "Landline", "0211234567", "whatsapp").await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    let env = [("WHATSAPP_PROVIDER", "log")];
+    let out = db.run(&["run", "--strict", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // Without --strict a failed delivery is data, not a failed pass.
+    let out = db.run(&["run", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
+    assert_eq!(out.status.code(), Some(0));
+}
+
+both!(secrets_never_reach_output_even_at_debug_level, secrets_body);
+async fn secrets_body(db: &TestDb) {
+    contact(db, "Tele", "081234567890", "telegram").await;
+    contact(db, "Wa", "081234567891", "whatsapp").await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    invoice(db, 2, "INV-2", "2025-11-20").await;
+    // Telegram's token is in the URL path; point it at a port where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let twilio = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(json!({"code": 20003, "message": "Authenticate"})),
+        )
+        .mount(&twilio)
+        .await;
+    let telegram_token = "987654:TELEGRAM-SECRET-abc";
+    let twilio_token = "TWILIO-SECRET-xyz";
+    let telegram_base = format!("http://127.0.0.1:{port}");
+    let env = [
+        ("TELEGRAM_BOT_TOKEN", telegram_token),
+        ("TELEGRAM_API_BASE", telegram_base.as_str()),
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_AUTH_TOKEN", twilio_token),
+        ("TWILIO_WHATSAPP_FROM", "+14155238886"),
+        ("TWILIO_API_BASE", &twilio.uri()),
+        ("LOG_LEVEL", "debug"),
+    ];
+    for args in [
+        &["run", "--now", "2025-11-17T09:00:00+07:00"][..],
+        &["run", "--json", "--now", "2025-11-17T09:05:00+07:00"],
+        &["status", "--json"],
+        &["status"],
+    ] {
+        let out = db.run(args, &env).await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{all}");
+        for secret in [telegram_token, "TELEGRAM-SECRET", twilio_token] {
+            assert!(!all.contains(secret), "{args:?} printed a secret:\n{all}");
+        }
+    }
+    // Both failures are visible, with their reasons, and nothing was lost.
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 2);
+    let error = db.text("SELECT last_error FROM messages WHERE channel = 'telegram'").await;
+    assert!(error.unwrap_or_default().contains("connect"));
+}

@@ -1,0 +1,284 @@
+//! Delivery through a provider on wiremock: outcomes, retries, rate limits, channel-wide
+//! failures, leases, overlapping passes and crashes.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use wiremock::matchers::{body_string_contains, header_exists, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::both;
+use crate::helpers::{contact, count, invoice, pairs, twilio_env, TestDb};
+
+const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
+
+async fn twilio(template: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(TWILIO_PATH)).respond_with(template).mount(&server).await;
+    server
+}
+
+fn created() -> ResponseTemplate {
+    ResponseTemplate::new(201).set_body_json(json!({"sid": "SM0001", "status": "queued"}))
+}
+
+async fn run(db: &TestDb, server: &MockServer, now: &str, extra: &[(&'static str, &str)]) -> Value {
+    let mut env = twilio_env(&server.uri());
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_string())));
+    db.pass(&["run", "--now", now], &pairs(&env)).await
+}
+
+async fn one_due_invoice(db: &TestDb) {
+    contact(db, "Budi", "0812-3456-7890", "whatsapp").await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+}
+
+both!(twilio_gets_the_normalized_number_and_the_sid_is_kept, twilio_request_body);
+async fn twilio_request_body(db: &TestDb) {
+    one_due_invoice(db).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TWILIO_PATH))
+        .and(header_exists("authorization"))
+        .and(body_string_contains("To=whatsapp%3A%2B6281234567890"))
+        .and(body_string_contains("From=whatsapp%3A%2B14155238886"))
+        .respond_with(created())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    let row = db.text("SELECT provider_message_id FROM messages").await;
+    assert_eq!(row.as_deref(), Some("SM0001"));
+    assert_eq!(db.text("SELECT provider FROM messages").await.as_deref(), Some("twilio"));
+    assert_eq!(db.int("SELECT count(*) FROM delivery_attempts WHERE outcome = 'sent'").await, 1);
+}
+
+both!(transient_errors_back_off_then_fail_after_max_attempts, transient_body);
+async fn transient_body(db: &TestDb) {
+    one_due_invoice(db).await;
+    let server = twilio(ResponseTemplate::new(503)).await;
+    let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[]).await;
+    assert_eq!((count(&doc, "retried"), count(&doc, "failed")), (1, 0));
+    assert_eq!(db.int("SELECT attempts FROM messages").await, 1);
+    // Not due again 30 s later: the first backoff is at least a minute.
+    let doc = run(db, &server, "2025-11-17T09:00:30+07:00", &[]).await;
+    assert_eq!(count(&doc, "retried"), 0);
+    let doc = run(db, &server, "2025-11-17T09:05:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "retried"), 1);
+    let doc = run(db, &server, "2025-11-17T09:30:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "failed"), 1, "{doc}");
+    let error = db.text("SELECT last_error FROM messages").await.unwrap_or_default();
+    assert!(error.starts_with("gave up after 3 attempts"), "{error}");
+    assert_eq!(server.received_requests().await.unwrap_or_default().len(), 3);
+    assert_eq!(db.int("SELECT count(*) FROM delivery_attempts").await, 3);
+}
+
+both!(a_rate_limit_reply_does_not_spend_an_attempt, rate_limited_body);
+async fn rate_limited_body(db: &TestDb) {
+    one_due_invoice(db).await;
+    let server = twilio(
+        ResponseTemplate::new(429)
+            .insert_header("Retry-After", "120")
+            .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})),
+    )
+    .await;
+    let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "retried"), 1, "{doc}");
+    assert_eq!(db.int("SELECT attempts FROM messages").await, 0);
+    assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("pending"));
+    // Honours Retry-After: still waiting after 90 s, sent after 2 minutes.
+    let doc = run(db, &server, "2025-11-17T09:01:30+07:00", &[]).await;
+    assert_eq!(count(&doc, "retried"), 0);
+    let ok = twilio(created()).await;
+    let doc = run(db, &ok, "2025-11-17T09:02:30+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+}
+
+both!(bad_credentials_pause_the_channel_and_keep_every_message, channel_down_body);
+async fn channel_down_body(db: &TestDb) {
+    contact(db, "Budi", "081234567890", "whatsapp").await;
+    for n in 1..=3 {
+        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    let server = twilio(
+        ResponseTemplate::new(401)
+            .set_body_json(json!({"code": 20003, "message": "Authenticate", "status": 401})),
+    )
+    .await;
+    let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[("REMINDER_CONCURRENCY", "1")]).await;
+    assert_eq!(count(&doc, "failed"), 0, "{doc}");
+    assert_eq!(server.received_requests().await.unwrap_or_default().len(), 1, "the channel stops");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 3);
+    assert_eq!(db.int("SELECT sum(attempts) FROM messages").await, 0);
+
+    let env = twilio_env(&server.uri());
+    let status = db.pass(&["status", "--now", "2025-11-17T09:01:00+07:00"], &pairs(&env)).await;
+    let whatsapp = &status["channels"][0];
+    assert_eq!(whatsapp["channel"], "whatsapp");
+    assert!(whatsapp["down"]["reason"].as_str().unwrap_or_default().contains("20003"), "{status}");
+
+    // Fixed credentials: the next pass sends everything and the channel is up again.
+    let ok = twilio(created()).await;
+    let doc = run(db, &ok, "2025-11-17T09:02:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 3, "{doc}");
+    let status = db.pass(&["status", "--now", "2025-11-17T09:03:00+07:00"], &pairs(&env)).await;
+    assert!(status["channels"][0]["down"].is_null(), "{status}");
+}
+
+both!(outside_the_send_window_nothing_is_sent, window_body);
+async fn window_body(db: &TestDb) {
+    one_due_invoice(db).await;
+    let server = twilio(created()).await;
+    let window = [("REMINDER_SEND_WINDOW", "08:00-20:00")];
+    let doc = run(db, &server, "2025-11-17T20:00:00+07:00", &window).await;
+    assert_eq!((count(&doc, "generated"), count(&doc, "sent")), (1, 0));
+    assert!(server.received_requests().await.unwrap_or_default().is_empty());
+    let doc = run(db, &server, "2025-11-18T07:59:00+07:00", &window).await;
+    assert_eq!(count(&doc, "sent"), 0);
+    let doc = run(db, &server, "2025-11-18T08:00:00+07:00", &window).await;
+    assert_eq!(count(&doc, "sent"), 1);
+}
+
+both!(overlapping_passes_deliver_each_reminder_once, overlap_body);
+async fn overlap_body(db: &TestDb) {
+    for n in 0..40 {
+        contact(db, &format!("C{n}"), &format!("08123456{n:04}"), "whatsapp").await;
+        invoice(db, n + 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    let server = twilio(created().set_delay(Duration::from_millis(20))).await;
+    let env = twilio_env(&server.uri());
+    let env = pairs(&env);
+    let passes: Vec<_> = (0..4)
+        .map(|_| {
+            db.command(&["run", "--json", "--now", "2025-11-17T09:00:00+07:00"], &env).output()
+        })
+        .collect();
+    let mut sent = 0;
+    for out in futures::future::join_all(passes).await {
+        let out = out.expect("pass ran");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+        sent += count(&doc, "sent");
+    }
+    let requests = server.received_requests().await.unwrap_or_default();
+    let mut recipients: Vec<String> = requests
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string())
+        .filter_map(|b| b.split('&').find(|p| p.starts_with("To=")).map(str::to_string))
+        .collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(requests.len(), 40, "each reminder reached the provider once");
+    assert_eq!(recipients.len(), 40);
+    assert_eq!(sent, 40);
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sent'").await, 40);
+}
+
+both!(a_killed_pass_leaves_its_messages_to_the_next_pass_after_the_lease, crash_body);
+async fn crash_body(db: &TestDb) {
+    for n in 0..3 {
+        contact(db, &format!("C{n}"), &format!("08123456{n:04}"), "whatsapp").await;
+        invoice(db, n + 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    // The provider hangs, and the pass is killed with requests in flight.
+    let hanging = twilio(created().set_delay(Duration::from_secs(60))).await;
+    let env = twilio_env(&hanging.uri());
+    let mut child = db
+        .command(&["run", "--now", "2025-11-17T09:00:00+07:00"], &pairs(&env))
+        .spawn()
+        .expect("spawn");
+    for _ in 0..200 {
+        if hanging.received_requests().await.unwrap_or_default().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.expect("kill -9");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sending'").await, 3);
+
+    // While the lease holds, another pass leaves them alone.
+    let ok = twilio(created()).await;
+    let doc = run(db, &ok, "2025-11-17T09:00:10+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 0, "{doc}");
+    // After it ends (15 s request timeout + 30 s margin), they are retried.
+    let doc = run(db, &ok, "2025-11-17T09:02:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 3, "{doc}");
+    assert_eq!(db.int("SELECT max(attempts) FROM messages").await, 2);
+}
+
+both!(a_pass_that_lost_its_lease_cannot_overwrite_the_next_one, lost_lease_body);
+async fn lost_lease_body(db: &TestDb) {
+    use reminderctl::store::Outcome;
+    one_due_invoice(db).await;
+    let store = reminderctl::store::connect(&db.url).await.expect("store");
+    let t0: DateTime<Utc> = "2025-11-17T02:00:00Z".parse().expect("time");
+    store
+        .generate_dunning(
+            "T-3",
+            (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7)),
+            t0,
+            false,
+        )
+        .await
+        .expect("generate");
+    let lease = t0 + chrono::Duration::seconds(45);
+    let a = store.claim("whatsapp", 10, "pass-a", t0, lease).await.expect("claim a");
+    assert_eq!(a.len(), 1);
+    assert!(store.claim("whatsapp", 10, "pass-b", t0, lease).await.expect("b").is_empty());
+    let later = t0 + chrono::Duration::seconds(60);
+    let b = store
+        .claim("whatsapp", 10, "pass-b", later, later + chrono::Duration::seconds(45))
+        .await
+        .expect("claim b");
+    assert_eq!(b.len(), 1, "an expired lease is taken back");
+
+    let outcome = |attempt, status, error: Option<&str>| Outcome {
+        id: a[0].id,
+        attempt,
+        channel: "whatsapp".into(),
+        status,
+        refund: false,
+        next_attempt_at: None,
+        error: error.map(str::to_string),
+        provider: Some("twilio"),
+        provider_message_id: None,
+        recipient: None,
+        subject: None,
+        body: None,
+        sent_at: Some(later),
+        history: Some(if status == "sent" { "sent" } else { "permanent" }),
+        at: later,
+    };
+    let lost =
+        store.record("pass-a", &[outcome(1, "failed", Some("late failure"))]).await.expect("a");
+    assert_eq!(lost, vec![a[0].id]);
+    assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("sending"));
+    let lost = store.record("pass-b", &[outcome(2, "sent", None)]).await.expect("b");
+    assert!(lost.is_empty());
+    assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("sent"));
+    assert_eq!(
+        db.int("SELECT count(*) FROM delivery_attempts WHERE outcome = 'late permanent'").await,
+        1
+    );
+}
+
+both!(concurrent_first_starts_migrate_safely, concurrent_migrations_body);
+async fn concurrent_migrations_body(db: &TestDb) {
+    // A database nobody has migrated yet: a new SQLite file, or the test's own PostgreSQL
+    // database emptied.
+    let url = if db.is_postgres() {
+        db.exec("DROP SCHEMA public CASCADE; CREATE SCHEMA public").await;
+        db.url.clone()
+    } else {
+        format!("sqlite:{}", db.dir.path().join("fresh.db").display())
+    };
+    let starts: Vec<_> = (0..6)
+        .map(|_| db.command(&["status", "--json", "--database-url", &url], &[]).output())
+        .collect();
+    for out in futures::future::join_all(starts).await {
+        let out = out.expect("ran");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

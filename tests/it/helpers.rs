@@ -1,0 +1,249 @@
+//! Test harness: a fresh database per test on each backend, the real binary, and fixtures.
+//!
+//! PostgreSQL comes from `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`);
+//! each test creates its own database there and drops it at the end. Without a reachable server
+//! the PostgreSQL half of each test is skipped, said loudly once, unless `CI=true`, where an
+//! unreachable server fails the test instead.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::Once;
+
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::{Connection, PgPool, SqlitePool};
+
+/// The same test body, once per backend: `both!(name, body)` makes `name::sqlite` and
+/// `name::postgres`, each calling `body(TestDb)`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = $crate::helpers::TestDb::sqlite().await;
+                super::$body(&db).await;
+                db.cleanup().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = $crate::helpers::TestDb::postgres().await else { return };
+                super::$body(&db).await;
+                db.cleanup().await;
+            }
+        }
+    };
+}
+
+pub enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+pub struct TestDb {
+    pub url: String,
+    pub pool: Pool,
+    /// Working directory for the binary (and the SQLite file): no stray `.env` is read.
+    pub dir: tempfile::TempDir,
+    admin: Option<(String, String)>,
+}
+
+static SKIP_NOTICE: Once = Once::new();
+
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+impl TestDb {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        let store = reminderctl::store::connect(&url).await.expect("open sqlite");
+        store.migrate().await.expect("migrate sqlite");
+        let pool = SqlitePoolOptions::new()
+            .connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("sqlite pool");
+        Self { url, pool: Pool::Sqlite(pool), dir, admin: None }
+    }
+
+    pub async fn postgres() -> Option<Self> {
+        let admin = admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(c) => c,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "PostgreSQL at TEST_DATABASE_URL is unreachable under CI: {e}"
+                );
+                SKIP_NOTICE.call_once(|| {
+                    // Written past the test harness's capture so that it shows.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "\n*** PostgreSQL is unreachable ({e}); the PostgreSQL half of every \
+                         storage test is SKIPPED. Set TEST_DATABASE_URL to run it. ***\n"
+                    );
+                });
+                return None;
+            }
+        };
+        let name = format!("reminderctl_t_{:016x}", rand::random::<u64>());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        let store = reminderctl::store::connect(&url).await.expect("open postgres");
+        store.migrate().await.expect("migrate postgres");
+        let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.expect("pg pool");
+        Some(Self {
+            url,
+            pool: Pool::Postgres(pool),
+            dir: tempfile::tempdir().expect("temp dir"),
+            admin: Some((admin, name)),
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Drops the test's PostgreSQL database.
+    pub async fn cleanup(self) {
+        match self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+        if let Some((admin, name)) = self.admin {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+
+    /// Runs SQL that both dialects accept.
+    pub async fn exec(&self, sql: &str) {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+            Pool::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(|_| ()),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// One integer from SQL that both dialects accept.
+    pub async fn int(&self, sql: &str) -> i64 {
+        let cast = format!("SELECT CAST(({sql}) AS BIGINT)");
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar::<_, i64>(&cast).fetch_one(p).await,
+            Pool::Postgres(p) => sqlx::query_scalar::<_, i64>(&cast).fetch_one(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// One text value (or NULL) from SQL that both dialects accept.
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(p).await,
+            Pool::Postgres(p) => sqlx::query_scalar::<_, Option<String>>(sql).fetch_one(p).await,
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The binary, with a clean environment pointed at this database. `env` adds variables.
+    pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reminderctl"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.url)
+            .env("REMINDER_SEND_WINDOW", "00:00-24:00")
+            .env("NO_COLOR", "1")
+            .current_dir(self.dir.path())
+            .args(args)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Runs the binary to completion.
+    pub async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.command(args, env).output().await.expect("run reminderctl")
+    }
+
+    /// Runs a pass with `--json` and returns the document; panics unless it exits 0.
+    pub async fn pass(&self, args: &[&str], env: &[(&str, &str)]) -> Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let out = self.run(&all, env).await;
+        assert!(
+            out.status.success(),
+            "reminderctl {args:?} exited {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Provider settings that route every channel to the log.
+pub const LOG_CHANNELS: [(&str, &str); 3] =
+    [("WHATSAPP_PROVIDER", "log"), ("TELEGRAM_PROVIDER", "log"), ("MAIL_MAILER", "log")];
+
+/// Twilio settings pointing at a loopback mock, with no rate limit.
+pub fn twilio_env(base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef".to_string()),
+        ("TWILIO_AUTH_TOKEN", "twilio-secret-token-5f3a".to_string()),
+        ("TWILIO_WHATSAPP_FROM", "+14155238886".to_string()),
+        ("TWILIO_API_BASE", base.to_string()),
+        ("REMINDER_WHATSAPP_RATE", "unlimited".to_string()),
+    ]
+}
+
+/// Borrows a list of owned pairs as the `&[(&str, &str)]` the runners take.
+pub fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A contact with a WhatsApp number, returning nothing; ids are predictable in a fresh DB.
+pub async fn contact(db: &TestDb, name: &str, phone: &str, channels: &str) {
+    db.exec(&format!(
+        "INSERT INTO contacts (name, phone, email, telegram_chat_id, channels) \
+         VALUES ('{name}', '{phone}', 'x@example.com', '42', '{channels}')"
+    ))
+    .await;
+}
+
+/// An unpaid invoice for contact `contact_id`.
+pub async fn invoice(db: &TestDb, contact_id: i64, number: &str, due: &str) {
+    db.exec(&format!(
+        "INSERT INTO invoices (number, contact_id, amount, due_date) \
+         VALUES ('{number}', {contact_id}, 150000, '{due}')"
+    ))
+    .await;
+}
+
+/// The `details` of a pass document.
+pub fn details(doc: &Value) -> Vec<Value> {
+    doc["details"].as_array().cloned().unwrap_or_default()
+}
+
+/// Reads a JSON count.
+pub fn count(doc: &Value, key: &str) -> u64 {
+    doc[key].as_u64().unwrap_or_else(|| panic!("no count {key} in {doc}"))
+}
+
+#[allow(dead_code)]
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real binary and the library against a fresh SQLite file and a fresh
+//! PostgreSQL database per test, providers on wiremock over loopback.
+
+mod helpers;
+
+mod cli;
+mod delivery;
+mod pass;
