@@ -49,7 +49,7 @@ pub struct Common {
     /// Print one JSON document on stdout instead of the human summary.
     #[arg(long)]
     pub json: bool,
-    /// Database URL (`sqlite:…` or `postgres://…`); overrides DATABASE_URL.
+    /// Database URL (`sqlite:…` or `postgres://…`); overrides `DATABASE_URL`.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
     /// Do not apply pending migrations at start.
@@ -71,7 +71,7 @@ pub struct PassArgs {
 }
 
 fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s.trim())
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("'{s}' is not an RFC 3339 timestamp ({e}); e.g. 2025-11-18T09:00:00+07:00"))
+    DateTime::parse_from_rfc3339(s.trim()).map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        format!("'{s}' is not an RFC 3339 timestamp ({e}); e.g. 2025-11-18T09:00:00+07:00")
+    })
 }

@@ -109,9 +109,9 @@ impl Settings {
 
         let timezone = match get("REMINDER_TIMEZONE") {
             None => chrono_tz::Asia::Jakarta,
-            Some(name) => name
-                .parse::<Tz>()
-                .map_err(|_| bad("REMINDER_TIMEZONE", format!("'{name}' is not an IANA time zone")))?,
+            Some(name) => name.parse::<Tz>().map_err(|_| {
+                bad("REMINDER_TIMEZONE", format!("'{name}' is not an IANA time zone"))
+            })?,
         };
         let send_window = match get("REMINDER_SEND_WINDOW") {
             None => SendWindow::parse("08:00-20:00").map_err(|e| bad("REMINDER_SEND_WINDOW", e))?,
@@ -120,7 +120,8 @@ impl Settings {
         let rate = |variable: &'static str, default: &str| {
             Rate::parse(get(variable).unwrap_or(default)).map_err(|e| bad(variable, e))
         };
-        let number = |variable: &'static str, default: u64, min: u64, max: u64| match get(variable) {
+        let number = |variable: &'static str, default: u64, min: u64, max: u64| match get(variable)
+        {
             None => Ok(default),
             Some(s) => match s.parse::<u64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(n),

@@ -246,9 +246,11 @@ struct Job {
     message: OutboundMessage,
 }
 
+// Short-lived, one at a time: boxing would only add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     Done(Outcome),
-    Send(Box<Job>),
+    Send(Job),
 }
 
 impl Delivery<'_> {
@@ -396,7 +398,10 @@ impl Delivery<'_> {
             if tally.paused.load(Ordering::SeqCst) || now >= deadline {
                 break;
             }
-            if !self.settings.send_window.contains(now.with_timezone(&self.settings.timezone).time())
+            if !self
+                .settings
+                .send_window
+                .contains(now.with_timezone(&self.settings.timezone).time())
             {
                 tally.pause("the send window closed during the pass".into());
                 break;
@@ -478,7 +483,7 @@ impl Delivery<'_> {
                     max_attempts: self.settings.max_attempts,
                 };
                 tasks.spawn(async move {
-                    ctx.send(*job).await;
+                    ctx.send(job).await;
                     drop(permit);
                 });
             }
@@ -608,7 +613,7 @@ impl Delivery<'_> {
             body: rendered.body,
             media_url: c.media_url.clone(),
         };
-        Prepared::Send(Box::new(Job { claimed: c, message }))
+        Prepared::Send(Job { claimed: c, message })
     }
 
     fn released(&self, c: &Claimed) -> Outcome {
@@ -661,7 +666,8 @@ impl SendContext {
                 o.history = Some("transient");
                 if claimed.attempts >= self.max_attempts as i32 {
                     o.status = "failed";
-                    o.error = Some(format!("gave up after {} attempts: {reason}", claimed.attempts));
+                    o.error =
+                        Some(format!("gave up after {} attempts: {reason}", claimed.attempts));
                 } else {
                     let delay = retry_after.unwrap_or_else(|| {
                         backoff::retry_delay(claimed.attempts.max(1) as u32, rand::random::<f64>())
@@ -685,15 +691,21 @@ impl SendContext {
                 o.refund = true;
                 o.next_attempt_at = Some(now);
                 self.tally.pause(format!("channel down: {reason}"));
-                if let Err(e) = self.store.set_channel_down(&claimed.channel, Some(&reason), now).await {
+                if let Err(e) =
+                    self.store.set_channel_down(&claimed.channel, Some(&reason), now).await
+                {
                     tracing::warn!(error = %e, "could not record the channel's down state");
                 }
                 o.error = Some(reason);
             }
         }
         match o.status {
-            "sent" => tracing::info!(message = claimed.id, kind = %claimed.kind, channel = %claimed.channel, provider = o.provider, "sent"),
-            status => tracing::warn!(message = claimed.id, kind = %claimed.kind, channel = %claimed.channel, status, error = o.error.as_deref().unwrap_or(""), "not sent"),
+            "sent" => {
+                tracing::info!(message = claimed.id, kind = %claimed.kind, channel = %claimed.channel, provider = o.provider, "sent");
+            }
+            status => {
+                tracing::warn!(message = claimed.id, kind = %claimed.kind, channel = %claimed.channel, status, error = o.error.as_deref().unwrap_or(""), "not sent");
+            }
         }
         self.tally.count(&claimed, &o, false);
         self.recorder.record(o).await;
@@ -735,7 +747,9 @@ enum Unusable {
 
 /// The contact's address on `channel`, normalized.
 fn address(c: &Claimed, channel: &str) -> Result<String, Unusable> {
-    let present = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    let present = |v: &Option<String>| {
+        v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+    };
     match channel {
         "whatsapp" => {
             let raw = present(&c.phone).ok_or(Unusable::Missing("phone number"))?;

@@ -87,7 +87,12 @@ pub async fn generate(
                 ScheduledAdvance {
                     id: d.id,
                     run_at: d.run_at,
-                    next_run_at: next_occurrence(d.scheduled_at, recurrence, now, settings.timezone),
+                    next_run_at: next_occurrence(
+                        d.scheduled_at,
+                        recurrence,
+                        now,
+                        settings.timezone,
+                    ),
                     dedup_key: format!("scheduled:{}:{}", d.id, d.run_at.timestamp()),
                     stage: match recurrence {
                         Recurrence::None => "once".to_string(),

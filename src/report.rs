@@ -133,8 +133,11 @@ impl PassReport {
                 let _ = writeln!(
                     out,
                     "  {:<11} {:<5} {what} {window}: found {}, queued {}, already queued {}",
-                    l.rule, if l.rule == "dunning" { l.stage.as_str() } else { "" }, l.found,
-                    l.queued, l.existing
+                    l.rule,
+                    if l.rule == "dunning" { l.stage.as_str() } else { "" },
+                    l.found,
+                    l.queued,
+                    l.existing
                 );
             }
             if !g.cancelled.is_empty() {

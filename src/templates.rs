@@ -74,8 +74,12 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         for (name, default) in DEFAULTS {
             let source = match dir.map(|d| d.join(name)) {
-                Some(path) if path.exists() => std::fs::read_to_string(&path)
-                    .map_err(|source| TemplateError::Read { path: path.display().to_string(), source })?,
+                Some(path) if path.exists() => {
+                    std::fs::read_to_string(&path).map_err(|source| TemplateError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })?
+                }
                 _ => default.to_string(),
             };
             env.add_template_owned(name, source)
@@ -92,7 +96,10 @@ impl Templates {
                 .map(|s| s.trim().to_string())
                 .map_err(|source| TemplateError::Render { name, source })
         };
-        Ok(Rendered { subject: one(format!("{base}.subject.txt"))?, body: one(format!("{base}.txt"))? })
+        Ok(Rendered {
+            subject: one(format!("{base}.subject.txt"))?,
+            body: one(format!("{base}.txt"))?,
+        })
     }
 
     /// A dunning reminder: the "will be due" text before the due date, the overdue text after.

@@ -134,13 +134,17 @@ impl Registry {
         match &settings.whatsapp {
             Some(WhatsApp::Twilio(cfg)) => channels
                 .push(("whatsapp", Arc::new(twilio::TwilioChannel::new(cfg.clone(), http()?)))),
-            Some(WhatsApp::Log) => channels.push(("whatsapp", Arc::new(log::LogChannel::new("whatsapp")))),
+            Some(WhatsApp::Log) => {
+                channels.push(("whatsapp", Arc::new(log::LogChannel::new("whatsapp"))));
+            }
             None => {}
         }
         match &settings.telegram {
             Some(Telegram::Bot(cfg)) => channels
                 .push(("telegram", Arc::new(telegram::TelegramChannel::new(cfg.clone(), http()?)))),
-            Some(Telegram::Log) => channels.push(("telegram", Arc::new(log::LogChannel::new("telegram")))),
+            Some(Telegram::Log) => {
+                channels.push(("telegram", Arc::new(log::LogChannel::new("telegram"))));
+            }
             None => {}
         }
         match &settings.email {

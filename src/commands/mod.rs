@@ -38,7 +38,10 @@ pub(crate) struct Setup {
     pub store: Arc<dyn Store>,
 }
 
-pub(crate) async fn setup(common: &Common, mut env: HashMap<String, String>) -> anyhow::Result<Setup> {
+pub(crate) async fn setup(
+    common: &Common,
+    mut env: HashMap<String, String>,
+) -> anyhow::Result<Setup> {
     if let Some(url) = &common.database_url {
         env.insert("DATABASE_URL".into(), url.clone());
     }

@@ -19,7 +19,11 @@ pub enum Mode {
     Send,
 }
 
-pub async fn run(mode: Mode, args: PassArgs, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    mode: Mode,
+    args: PassArgs,
+    env: HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     let setup = super::setup(&args.common, env).await?;
     let settings = &setup.settings;
     let now = setup.clock.now();
@@ -79,7 +83,8 @@ async fn stop_on_signal(stop: Arc<Stop>) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         else {
             let _ = ctrl_c.await;
             stop.request();

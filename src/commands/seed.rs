@@ -8,7 +8,11 @@ use anyhow::Context as _;
 use crate::cli::Common;
 use crate::report::{emit, seed_text};
 
-pub async fn run(common: &Common, reset: bool, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    common: &Common,
+    reset: bool,
+    env: HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     let setup = super::setup(common, env).await?;
     let demo = crate::seed::demo_data(setup.clock.now(), setup.settings.timezone);
     let counts = setup.store.seed(&demo, reset).await.context("cannot load demo data")?;

@@ -10,7 +10,11 @@ use crate::cli::Common;
 use crate::config::{Settings, CHANNELS};
 use crate::report::{emit, StatusReport};
 
-pub async fn run(common: &Common, failures: u16, env: HashMap<String, String>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    common: &Common,
+    failures: u16,
+    env: HashMap<String, String>,
+) -> anyhow::Result<ExitCode> {
     let setup = super::setup(common, env).await?;
     let settings = &setup.settings;
     let now = setup.clock.now();

@@ -325,8 +325,12 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
 
     /// Due messages of a channel, without claiming them.
-    async fn preview_due(&self, channel: &str, now: DateTime<Utc>, limit: i64)
-        -> Result<Vec<Preview>>;
+    async fn preview_due(
+        &self,
+        channel: &str,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Preview>>;
 
     /// Counts, latest failures and channel health.
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData>;

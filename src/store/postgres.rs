@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
 use super::{
-    Claimed, DemoData, DueScheduled, GenRow, Generated, Outcome, Preview, Result,
-    ScheduledAdvance, SeedCounts, SlotGrant, StatusData, Store,
+    Claimed, DemoData, DueScheduled, GenRow, Generated, Outcome, Preview, Result, ScheduledAdvance,
+    SeedCounts, SlotGrant, StatusData, Store,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -41,7 +41,8 @@ impl PgStore {
 }
 
 /// A contact's first preferred channel, or WhatsApp when it names none.
-const CHANNEL: &str = "COALESCE(NULLIF(lower(trim(split_part(c.channels, ',', 1))), ''), 'whatsapp')";
+const CHANNEL: &str =
+    "COALESCE(NULLIF(lower(trim(split_part(c.channels, ',', 1))), ''), 'whatsapp')";
 
 /// Status and reason of a new outbox row, decided in SQL so that generation stays set-based.
 const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
@@ -369,7 +370,8 @@ impl Store for PgStore {
         if outcomes.is_empty() {
             return Ok(Vec::new());
         }
-        let col = |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
+        let col =
+            |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
         let lost: Vec<i64> = sqlx::query_scalar(
             "WITH v AS ( \
                  SELECT * FROM UNNEST($2::bigint[], $3::int[], $4::text[], $5::text[], \
@@ -508,19 +510,17 @@ impl Store for PgStore {
             ))
             .execute(&mut *tx)
             .await?;
-            counts.removed += sqlx::query(&format!(
-                "DELETE FROM messages WHERE contact_id IN ({demo_contacts})"
-            ))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            counts.removed +=
+                sqlx::query(&format!("DELETE FROM messages WHERE contact_id IN ({demo_contacts})"))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             for table in ["invoices", "vehicles", "scheduled_messages", "contacts"] {
-                counts.removed += sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE demo_key IS NOT NULL"
-                ))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                counts.removed +=
+                    sqlx::query(&format!("DELETE FROM {table} WHERE demo_key IS NOT NULL"))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
             }
         }
         for c in &demo.contacts {

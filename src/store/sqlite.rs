@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 
 use super::{
-    Claimed, DemoData, DueScheduled, GenRow, Generated, Outcome, Preview, Result,
-    ScheduledAdvance, SeedCounts, SlotGrant, StatusData, Store, StoreError,
+    Claimed, DemoData, DueScheduled, GenRow, Generated, Outcome, Preview, Result, ScheduledAdvance,
+    SeedCounts, SlotGrant, StatusData, Store, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -605,19 +605,17 @@ impl Store for SqliteStore {
             ))
             .execute(&mut *tx)
             .await?;
-            counts.removed += sqlx::query(&format!(
-                "DELETE FROM messages WHERE contact_id IN ({demo_contacts})"
-            ))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            counts.removed +=
+                sqlx::query(&format!("DELETE FROM messages WHERE contact_id IN ({demo_contacts})"))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
             for table in ["invoices", "vehicles", "scheduled_messages", "contacts"] {
-                counts.removed += sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE demo_key IS NOT NULL"
-                ))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                counts.removed +=
+                    sqlx::query(&format!("DELETE FROM {table} WHERE demo_key IS NOT NULL"))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
             }
         }
         for c in &demo.contacts {
