@@ -502,7 +502,7 @@ impl Delivery<'_> {
             return done(
                 "failed",
                 format!(
-                    "lease expired during attempt {} of {}; the provider may or may not have \
+                    "outcome unknown: the lease expired during attempt {} of {}; the provider may or may not have \
                      received it, so it is not sent again",
                     c.attempts - 1,
                     self.settings.max_attempts
