@@ -672,7 +672,7 @@ impl SendContext {
                     let delay = retry_after.unwrap_or_else(|| {
                         backoff::retry_delay(claimed.attempts.max(1) as u32, rand::random::<f64>())
                     });
-                    o.next_attempt_at = Some(now + to_chrono(delay));
+                    o.next_attempt_at = Some(after(now, delay));
                     o.error = Some(reason);
                 }
             }
@@ -682,7 +682,7 @@ impl SendContext {
                 let delay = retry_after.unwrap_or(Duration::from_secs(60));
                 o.history = Some("rate_limited");
                 o.refund = true;
-                o.next_attempt_at = Some(now + to_chrono(delay));
+                o.next_attempt_at = Some(after(now, delay));
                 self.tally.pause(format!("rate limited by the provider: {reason}"));
                 o.error = Some(reason);
             }
@@ -768,6 +768,14 @@ fn address(c: &Claimed, channel: &str) -> Result<String, Unusable> {
     }
 }
 
+/// Longest wait a provider can impose on a message; a larger `Retry-After` is taken as this.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
 fn to_chrono(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    chrono::Duration::from_std(d.min(MAX_DELAY)).unwrap_or(chrono::Duration::MAX)
+}
+
+/// `now + delay`, never overflowing whatever a provider asked for.
+fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    now.checked_add_signed(to_chrono(delay)).unwrap_or(now)
 }

@@ -147,6 +147,12 @@ async fn overlap_body(db: &TestDb) {
         contact(db, &format!("C{n}"), &format!("08123456{n:04}"), "whatsapp").await;
         invoice(db, n + 1, &format!("INV-{n}"), "2025-11-20").await;
     }
+    // A daily message whose run time has come: exactly one pass may queue and advance it.
+    db.exec(
+        "INSERT INTO scheduled_messages (contact_id, body, scheduled_at, recurrence) \
+         VALUES (1, 'Harian', '2025-11-10T08:00:00+07:00', 'daily')",
+    )
+    .await;
     let server = twilio(created().set_delay(Duration::from_millis(20))).await;
     let env = twilio_env(&server.uri());
     let env = pairs(&env);
@@ -170,10 +176,11 @@ async fn overlap_body(db: &TestDb) {
         .collect();
     recipients.sort();
     recipients.dedup();
-    assert_eq!(requests.len(), 40, "each reminder reached the provider once");
-    assert_eq!(recipients.len(), 40);
-    assert_eq!(sent, 40);
-    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sent'").await, 40);
+    assert_eq!(requests.len(), 41, "each reminder reached the provider once");
+    assert_eq!(recipients.len(), 40, "40 contacts, one of them also got the scheduled message");
+    assert_eq!(sent, 41);
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sent'").await, 41);
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE kind = 'scheduled'").await, 1);
 }
 
 both!(a_killed_pass_leaves_its_messages_to_the_next_pass_after_the_lease, crash_body);
@@ -281,4 +288,64 @@ async fn concurrent_migrations_body(db: &TestDb) {
         let out = out.expect("ran");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+}
+
+both!(overlapping_passes_share_one_rate_limit, shared_rate_body);
+async fn shared_rate_body(db: &TestDb) {
+    for n in 0..20 {
+        contact(db, &format!("C{n}"), &format!("08123456{n:04}"), "whatsapp").await;
+        invoice(db, n + 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    db.pass(&["generate", "--now", "2025-11-17T09:00:00+07:00"], &[]).await;
+    let server = twilio(created()).await;
+    // 2 per second and a 2-second pass budget: slots at 0, 0.5, 1, 1.5 and 2 s. Two passes that
+    // start together share those five slots; each on its own limiter would send ten.
+    let mut env = twilio_env(&server.uri());
+    env.retain(|(k, _)| *k != "REMINDER_WHATSAPP_RATE");
+    env.push(("REMINDER_WHATSAPP_RATE", "2/s".into()));
+    env.push(("REMINDER_PASS_SECONDS", "2".into()));
+    let env = pairs(&env);
+    let passes: Vec<_> = (0..2)
+        .map(|_| {
+            db.command(&["send", "--json", "--now", "2025-11-17T09:00:00+07:00"], &env).output()
+        })
+        .collect();
+    let mut sent = 0;
+    for out in futures::future::join_all(passes).await {
+        let out = out.expect("pass ran");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+        sent += count(&doc, "sent");
+    }
+    assert!((5..=6).contains(&sent), "two passes sent {sent} in 2 s at 2/s");
+    assert_eq!(server.received_requests().await.unwrap_or_default().len() as u64, sent);
+    assert_eq!(
+        db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await,
+        20 - sent as i64
+    );
+}
+
+both!(telegram_messages_go_to_the_contacts_chat, telegram_body);
+async fn telegram_body(db: &TestDb) {
+    contact(db, "Tele", "081234567890", "telegram,whatsapp").await;
+    invoice(db, 1, "INV-9", "2025-11-20").await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/bot123456:test-token/sendMessage"))
+        .and(body_string_contains("\"chat_id\":42"))
+        .and(body_string_contains("INV-9"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(
+                json!({"ok": true, "result": {"message_id": 777, "chat": {"id": 42}}}),
+            ),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let uri = server.uri();
+    let env = [("TELEGRAM_BOT_TOKEN", "123456:test-token"), ("TELEGRAM_API_BASE", uri.as_str())];
+    let doc = db.pass(&["run", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    assert_eq!(db.text("SELECT provider_message_id FROM messages").await.as_deref(), Some("777"));
+    assert_eq!(db.text("SELECT recipient FROM messages").await.as_deref(), Some("42"));
 }

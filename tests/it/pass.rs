@@ -110,24 +110,36 @@ async fn overdue_follow_ups_body(db: &TestDb) {
     assert!(body.contains("terlambat 3 hari"), "{body}");
 }
 
-both!(paid_invoice_cancels_its_queued_reminder, paid_invoice_body);
+both!(paid_invoices_get_nothing_more, paid_invoice_body);
 async fn paid_invoice_body(db: &TestDb) {
     contact(db, "Budi", "081234567890", "whatsapp").await;
-    invoice(db, 1, "INV-1", "2025-11-20").await;
-    invoice(db, 1, "INV-2", "2025-11-20").await;
+    for n in 1..=3 {
+        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
     let doc = db.pass(&["generate", "--now", "2025-11-17T09:00:00+07:00"], &[]).await;
-    assert_eq!(count(&doc, "generated"), 2);
+    assert_eq!(count(&doc, "generated"), 3);
+
+    // Paid after its reminder was queued: `send` re-checks just before sending.
     db.exec(
         "UPDATE invoices SET status = 'paid', paid_at = '2025-11-17T10:00:00+07:00' WHERE id = 1",
     )
     .await;
-    let doc = run_at(db, "2025-11-17T11:00:00+07:00").await;
-    assert_eq!((count(&doc, "cancelled"), count(&doc, "sent")), (1, 1), "{doc}");
+    let doc = db.pass(&["send", "--now", "2025-11-17T10:01:00+07:00"], &LOG_CHANNELS).await;
+    assert_eq!((count(&doc, "cancelled"), count(&doc, "sent")), (1, 2), "{doc}");
     let reason = db.text("SELECT last_error FROM messages WHERE subject_id = 1").await;
     assert_eq!(reason.as_deref(), Some("invoice is paid"));
-    // A paid invoice generates nothing later either.
-    let doc = run_at(db, "2025-11-19T09:00:00+07:00").await;
-    assert_eq!(count(&doc, "generated"), 1, "only INV-2 gets T-1: {doc}");
+
+    // Queued at T-1, then cancelled by the business: the next pass cancels it before delivery.
+    db.pass(&["generate", "--now", "2025-11-19T09:00:00+07:00"], &[]).await;
+    db.exec("UPDATE invoices SET status = 'cancelled' WHERE id = 2").await;
+    let doc = run_at(db, "2025-11-19T09:05:00+07:00").await;
+    assert_eq!((count(&doc, "cancelled"), count(&doc, "sent")), (1, 1), "{doc}");
+    let reason =
+        db.text("SELECT last_error FROM messages WHERE subject_id = 2 AND stage = 'T-1'").await;
+    assert_eq!(reason.as_deref(), Some("invoice is cancelled"));
+    // And a paid invoice generates nothing later.
+    let doc = run_at(db, "2025-11-23T09:00:00+07:00").await;
+    assert_eq!(count(&doc, "generated"), 1, "only INV-3 gets T+3: {doc}");
 }
 
 both!(maintenance_reminds_once_per_visit_in_the_three_day_window, maintenance_body);
