@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod email;
 pub mod log;
 pub mod telegram;
-pub mod twilio;
+pub mod whatsapp;
+
+pub use whatsapp::twilio;
 
 /// One message, addressed and rendered, ready for a provider.
 #[derive(Debug, Clone)]

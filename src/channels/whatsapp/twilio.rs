@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
-use super::{
+use crate::channels::{
     retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
 };
 use crate::config::Secret;

@@ -1,0 +1,1 @@
+//! fonnte WhatsApp gateway.

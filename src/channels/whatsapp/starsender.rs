@@ -1,0 +1,1 @@
+//! starsender WhatsApp gateway.

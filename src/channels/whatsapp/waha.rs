@@ -1,0 +1,1 @@
+//! waha WhatsApp gateway.
