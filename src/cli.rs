@@ -30,6 +30,31 @@ pub enum Command {
         #[arg(long)]
         reset: bool,
     },
+    /// Send one WhatsApp message now, after asking for confirmation.
+    TestWhatsapp {
+        #[command(flatten)]
+        common: Common,
+        /// Recipient in any Indonesian format (0812…, +62 812…, 62812…).
+        phone: String,
+        /// The text to send.
+        message: String,
+        /// Send without asking (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Create (or reuse) a test customer with an invoice due in 3 days, and deliver its T-3
+    /// reminder by email and WhatsApp now, after asking for confirmation.
+    TestDunning {
+        #[command(flatten)]
+        common: Common,
+        /// The test customer's email address (an existing customer with it is reused).
+        email: String,
+        /// The test customer's phone number, for WhatsApp.
+        phone: String,
+        /// Send without asking (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Counts of messages by kind, status and channel; channel health; the latest failures.
     Status {
         #[command(flatten)]

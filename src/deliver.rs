@@ -67,6 +67,8 @@ pub struct ChannelLine {
     pub skipped: u64,
     /// Claimed but given back unsent (channel down, stop requested).
     pub released: u64,
+    /// Failed or skipped here, and queued on the contact's next channel.
+    pub fallback: u64,
     /// Due messages left waiting (channel not configured, window closed).
     pub waiting: u64,
     /// Why the channel stopped or did not run.
@@ -145,6 +147,9 @@ impl Tally {
 
     fn count(&self, claimed: &Claimed, outcome: &Outcome, released: bool) {
         if let Ok(mut line) = self.line.lock() {
+            if outcome.fallback.is_some() {
+                line.fallback += 1;
+            }
             match outcome.status {
                 "sent" => line.sent += 1,
                 "failed" => line.failed += 1,
@@ -232,6 +237,14 @@ async fn recorder(
 struct Recorder(mpsc::Sender<RecordRequest>);
 
 impl Recorder {
+    /// Queues a result without waiting for it to be written: for outcomes decided without a
+    /// provider call, where a crash before the write only means the message is handled again.
+    async fn submit(&self, outcome: Outcome) {
+        let (ack, _) = oneshot::channel();
+        let _ = self.0.send((outcome, ack)).await;
+    }
+
+    /// Queues a result and waits until it is written.
     async fn record(&self, outcome: Outcome) {
         let (ack, done) = oneshot::channel();
         if self.0.send((outcome, ack)).await.is_ok() {
@@ -270,10 +283,8 @@ impl Delivery<'_> {
             ));
         }
 
-        let token = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
-        let (tx, rx) = mpsc::channel(RECORD_BATCH * 2);
-        let recorder_task = tokio::spawn(recorder(self.store.clone(), token.clone(), rx));
-        let recorder = Recorder(tx);
+        let token = claim_token();
+        let (recorder, recorder_task) = self.start_recorder(&token);
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let keep = if self.all_details { usize::MAX } else { HUMAN_DETAILS };
 
@@ -317,6 +328,68 @@ impl Delivery<'_> {
             report.channels.push(line);
         }
         report.channels.sort_by_key(|l| CHANNELS.iter().position(|c| *c == l.channel));
+        Ok(report)
+    }
+
+    fn start_recorder(&self, token: &str) -> (Recorder, tokio::task::JoinHandle<(u64, u64)>) {
+        let (tx, rx) = mpsc::channel(RECORD_BATCH * 2);
+        let task = tokio::spawn(recorder(self.store.clone(), token.to_string(), rx));
+        (Recorder(tx), task)
+    }
+
+    /// Delivers the given messages now, outside the send window and the rate limits: a person
+    /// at a terminal asked for exactly these (`test-whatsapp`, `test-dunning`).
+    pub async fn deliver_now(&self, ids: &[i64]) -> Result<DeliveryReport, StoreError> {
+        let now = self.clock.now();
+        let token = claim_token();
+        let lease = now + to_chrono(self.settings.request_timeout + LEASE_MARGIN);
+        let claimed = self.store.claim_ids(ids, &token, now, lease).await?;
+        let (recorder, recorder_task) = self.start_recorder(&token);
+        let today = local_today(now, self.settings.timezone);
+        let mut tallies: Vec<Arc<Tally>> = Vec::new();
+        for c in claimed {
+            let Some(provider) = self.registry.get(&c.channel) else {
+                let outcome = self.released(&c);
+                recorder.record(outcome).await;
+                continue;
+            };
+            let tally = if let Some(t) =
+                tallies.iter().find(|t| t.line.lock().is_ok_and(|l| l.channel == c.channel))
+            {
+                t.clone()
+            } else {
+                let t = Arc::new(Tally::new(&c.channel, provider.provider(), usize::MAX));
+                tallies.push(t.clone());
+                t
+            };
+            let channel = c.channel.clone();
+            match self.prepare(c.clone(), today, &channel) {
+                Prepared::Done(outcome) => {
+                    tally.count(&c, &outcome, false);
+                    recorder.record(outcome).await;
+                }
+                Prepared::Send(job) => {
+                    let ctx = SendContext {
+                        provider,
+                        recorder: recorder.clone(),
+                        tally: tally.clone(),
+                        store: self.store.clone(),
+                        clock: self.clock,
+                        max_attempts: self.settings.max_attempts,
+                    };
+                    ctx.send(job).await;
+                }
+            }
+        }
+        drop(recorder);
+        let (late, unrecorded) = recorder_task.await.unwrap_or((0, 0));
+        let mut report = DeliveryReport { late, unrecorded, ..DeliveryReport::default() };
+        for tally in tallies {
+            report.channels.push(tally.line.lock().map(|l| l.clone()).unwrap_or_default());
+            if let Ok(mut d) = tally.details.lock() {
+                report.details.append(&mut d);
+            }
+        }
         Ok(report)
     }
 
@@ -420,7 +493,10 @@ impl Delivery<'_> {
             } else {
                 None
             };
-            let limit = grant.map_or(BATCH, |g| g.count);
+            // Without a rate limit, claim only what the delivery slots can start soon, so that no
+            // claimed message waits past its lease.
+            let unlimited = (self.settings.concurrency as u32).saturating_mul(2).clamp(1, BATCH);
+            let limit = grant.map_or(unlimited, |g| g.count);
             let last_slot_wait = grant.map_or(0, |g| (g.end_ms - now.timestamp_millis()).max(0));
             let lease_until = now
                 + chrono::Duration::milliseconds(last_slot_wait)
@@ -443,7 +519,7 @@ impl Delivery<'_> {
                 let job = match prepared {
                     Prepared::Done(outcome) => {
                         tally.count(&claimed, &outcome, false);
-                        recorder.record(outcome).await;
+                        recorder.submit(outcome).await;
                         continue;
                     }
                     Prepared::Send(job) => job,
@@ -465,12 +541,18 @@ impl Delivery<'_> {
                 if self.stop.requested() {
                     tally.pause("stopped by signal".into());
                 }
+                // A send must be able to finish inside the lease, or another pass could take the
+                // message over while its request is still in flight.
+                let lease_left = lease_until - self.clock.now();
+                if lease_left < to_chrono(self.settings.request_timeout) {
+                    tally.pause("the lease ran short; the rest waits for the next pass".into());
+                }
                 let Some(permit) = permit.filter(|_| !tally.paused.load(Ordering::SeqCst)) else {
                     // Give back this message and the rest of the batch, attempts returned.
                     for claimed in std::iter::once(job.claimed).chain(queue.map(|(_, c)| c)) {
                         let outcome = self.released(&claimed);
                         tally.count(&claimed, &outcome, true);
-                        recorder.record(outcome).await;
+                        recorder.submit(outcome).await;
                     }
                     break 'batches;
                 };
@@ -509,6 +591,20 @@ impl Delivery<'_> {
                 ),
                 "expired",
             );
+        }
+        if c.kind == "test" {
+            // Addressed and written when queued by a test command; no contact behind it.
+            let Some(recipient) = c.recipient.clone() else {
+                return done("failed", "the test message has no recipient".into(), "failed");
+            };
+            let message = OutboundMessage {
+                id: c.id,
+                recipient,
+                subject: c.subject.clone(),
+                body: c.body.clone().unwrap_or_default(),
+                media_url: c.media_url.clone(),
+            };
+            return Prepared::Send(Job { claimed: c, message });
         }
         if c.contact_found.is_none() {
             let who = c.contact_id.map_or_else(|| "(none)".to_string(), |id| id.to_string());
@@ -602,9 +698,19 @@ impl Delivery<'_> {
         let recipient = match address(&c, channel) {
             Ok(r) => r,
             Err(Unusable::Missing(what)) => {
-                return done("skipped", format!("contact has no {what}"), "skipped")
+                let o = outcome(
+                    &c,
+                    "skipped",
+                    Some(format!("contact has no {what}")),
+                    Some("skipped"),
+                    now,
+                );
+                return Prepared::Done(with_fallback(o, &c));
             }
-            Err(Unusable::Invalid(why)) => return done("failed", why, "failed"),
+            Err(Unusable::Invalid(why)) => {
+                let o = outcome(&c, "failed", Some(why), Some("failed"), now);
+                return Prepared::Done(with_fallback(o, &c));
+            }
         };
         let message = OutboundMessage {
             id: c.id,
@@ -661,6 +767,7 @@ impl SendContext {
                 o.status = "failed";
                 o.history = Some("permanent");
                 o.error = Some(reason);
+                o = with_fallback(o, &claimed);
             }
             Err(DeliveryError::Transient { reason, retry_after }) => {
                 o.history = Some("transient");
@@ -735,7 +842,33 @@ fn outcome(
         sent_at: None,
         history,
         at,
+        fallback: None,
     }
+}
+
+/// The channel after `current` in a contact's ordered preference (`whatsapp,email`), if any.
+pub fn next_channel(preference: Option<&str>, current: &str) -> Option<String> {
+    let list: Vec<String> = preference
+        .unwrap_or_default()
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| CHANNELS.contains(&c.as_str()))
+        .collect();
+    let at = list.iter().position(|c| c == current)?;
+    list.into_iter().skip(at + 1).find(|c| c != current)
+}
+
+/// Marks a failed or skipped outcome to continue on the contact's next channel.
+fn with_fallback(mut o: Outcome, c: &Claimed) -> Outcome {
+    if c.kind == "test" {
+        return o;
+    }
+    if let Some(next) = next_channel(c.channels.as_deref(), &c.channel) {
+        let reason = o.error.take().unwrap_or_default();
+        o.error = Some(format!("{reason}; falling back to {next}"));
+        o.fallback = Some(next);
+    }
+    o
 }
 
 enum Unusable {
@@ -770,6 +903,11 @@ fn address(c: &Claimed, channel: &str) -> Result<String, Unusable> {
 
 /// Longest wait a provider can impose on a message; a larger `Retry-After` is taken as this.
 const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
+
+/// A claim token unique to this pass: every write after the claim must present it.
+fn claim_token() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+}
 
 fn to_chrono(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d.min(MAX_DELAY)).unwrap_or(chrono::Duration::MAX)

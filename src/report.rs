@@ -168,6 +168,9 @@ impl PassReport {
                     format!("cancelled {}", c.cancelled),
                     format!("skipped {}", c.skipped),
                 ];
+                if c.fallback > 0 {
+                    parts.push(format!("fell back to the next channel {}", c.fallback));
+                }
                 if c.released > 0 {
                     parts.push(format!("released {}", c.released));
                 }

@@ -108,6 +108,15 @@ pub fn snippet(text: &str, max: usize) -> String {
     out
 }
 
+/// A channel that could not be set up from valid settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    #[error("email: {0}")]
+    Email(String),
+}
+
 /// The configured provider of each logical channel.
 pub struct Registry {
     channels: Vec<(&'static str, std::sync::Arc<dyn Channel>)>,
@@ -116,12 +125,13 @@ pub struct Registry {
 impl Registry {
     /// Builds the adapters for every configured channel. The HTTP client is shared and built
     /// only when some channel needs it.
-    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, reqwest::Error> {
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, SetupError> {
         use crate::config::{Email, Telegram, WhatsApp};
         use std::sync::Arc;
+        use whatsapp::{fonnte, starsender, waha};
 
         let mut client: Option<reqwest::Client> = None;
-        let mut http = || -> Result<reqwest::Client, reqwest::Error> {
+        let mut http = || -> Result<reqwest::Client, SetupError> {
             if let Some(c) = &client {
                 return Ok(c.clone());
             }
@@ -129,31 +139,43 @@ impl Registry {
                 .timeout(settings.request_timeout)
                 .connect_timeout(settings.request_timeout.min(std::time::Duration::from_secs(10)))
                 .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
-                .build()?;
+                .build()
+                .map_err(|e| SetupError::Http(e.to_string()))?;
             client = Some(c.clone());
             Ok(c)
         };
         let mut channels: Vec<(&'static str, Arc<dyn Channel>)> = Vec::new();
-        match &settings.whatsapp {
-            Some(WhatsApp::Twilio(cfg)) => channels
-                .push(("whatsapp", Arc::new(twilio::TwilioChannel::new(cfg.clone(), http()?)))),
-            Some(WhatsApp::Log) => {
-                channels.push(("whatsapp", Arc::new(log::LogChannel::new("whatsapp"))));
+        let whatsapp: Option<Arc<dyn Channel>> = match &settings.whatsapp {
+            Some(WhatsApp::Twilio(c)) => {
+                Some(Arc::new(twilio::TwilioChannel::new(c.clone(), http()?)))
             }
-            None => {}
-        }
-        match &settings.telegram {
-            Some(Telegram::Bot(cfg)) => channels
-                .push(("telegram", Arc::new(telegram::TelegramChannel::new(cfg.clone(), http()?)))),
-            Some(Telegram::Log) => {
-                channels.push(("telegram", Arc::new(log::LogChannel::new("telegram"))));
+            Some(WhatsApp::Waha(c)) => Some(Arc::new(waha::WahaChannel::new(c.clone(), http()?))),
+            Some(WhatsApp::Fonnte(c)) => {
+                Some(Arc::new(fonnte::FonnteChannel::new(c.clone(), http()?)))
             }
-            None => {}
-        }
-        match &settings.email {
-            Some(Email::Log) => channels.push(("email", Arc::new(log::LogChannel::new("email")))),
-            None => {}
-        }
+            Some(WhatsApp::Starsender(c)) => {
+                Some(Arc::new(starsender::StarsenderChannel::new(c.clone(), http()?)))
+            }
+            Some(WhatsApp::Log) => Some(Arc::new(log::LogChannel::new("whatsapp"))),
+            None => None,
+        };
+        channels.extend(whatsapp.map(|c| ("whatsapp", c)));
+        let telegram: Option<Arc<dyn Channel>> = match &settings.telegram {
+            Some(Telegram::Bot(c)) => {
+                Some(Arc::new(telegram::TelegramChannel::new(c.clone(), http()?)))
+            }
+            Some(Telegram::Log) => Some(Arc::new(log::LogChannel::new("telegram"))),
+            None => None,
+        };
+        channels.extend(telegram.map(|c| ("telegram", c)));
+        let email: Option<Arc<dyn Channel>> = match &settings.email {
+            Some(Email::Smtp(c)) => {
+                Some(Arc::new(email::SmtpChannel::new(c.clone()).map_err(SetupError::Email)?))
+            }
+            Some(Email::Log) => Some(Arc::new(log::LogChannel::new("email"))),
+            None => None,
+        };
+        channels.extend(email.map(|c| ("email", c)));
         Ok(Self { channels })
     }
 

@@ -15,6 +15,8 @@ use crate::store::Store;
 mod pass;
 mod seed;
 mod status;
+mod test_dunning;
+mod test_whatsapp;
 
 /// Exit codes of SPEC §1.
 pub const EXIT_OK: u8 = 0;
@@ -28,6 +30,12 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
         Command::Send(args) => pass::run(pass::Mode::Send, args, env).await,
         Command::Seed { common, reset } => seed::run(&common, reset, env).await,
         Command::Status { common, failures } => status::run(&common, failures, env).await,
+        Command::TestWhatsapp { common, phone, message, yes } => {
+            test_whatsapp::run(&common, &phone, &message, yes, env).await
+        }
+        Command::TestDunning { common, email, phone, yes } => {
+            test_dunning::run(&common, &email, &phone, yes, env).await
+        }
     }
 }
 
@@ -54,6 +62,27 @@ pub(crate) async fn setup(
         store.migrate().await.context("cannot apply database migrations")?;
     }
     Ok(Setup { settings, clock, store })
+}
+
+/// Asks before a test command sends anything. Without a terminal on stdin and without `--yes`
+/// it refuses, so a stray cron line or script cannot message real people.
+pub(crate) fn confirm(prompt: &str, yes: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to send without confirmation: stdin is not a terminal (pass --yes to send)"
+        );
+    }
+    let answer = dialoguer::Confirm::new()
+        .with_prompt(prompt)
+        .default(false)
+        .interact()
+        .context("cannot ask for confirmation")?;
+    anyhow::ensure!(answer, "cancelled: nothing was sent");
+    Ok(())
 }
 
 /// The database kind, for error messages: the URL itself may carry a password.

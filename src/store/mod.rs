@@ -100,6 +100,10 @@ pub struct Claimed {
     pub invoice_due: Option<String>,
     pub invoice_status: Option<String>,
     pub plate_no: Option<String>,
+    /// The contact's ordered channel preference, for fallback.
+    pub channels: Option<String>,
+    /// The address stored on the row (test messages are addressed when queued).
+    pub recipient: Option<String>,
 }
 
 /// The result of handling one claimed message, written back in one batch with the others.
@@ -124,6 +128,30 @@ pub struct Outcome {
     /// The label kept in `delivery_attempts`; `None` keeps no history row.
     pub history: Option<&'static str>,
     pub at: DateTime<Utc>,
+    /// Queue the same reminder on this channel next (the contact's next preference).
+    pub fallback: Option<String>,
+}
+
+/// A message queued directly rather than by a rule (`test-whatsapp`, `test-dunning`).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub kind: &'static str,
+    pub subject_id: Option<i64>,
+    pub stage: Option<String>,
+    pub event_date: Option<NaiveDate>,
+    pub dedup_key: String,
+    pub contact_id: Option<i64>,
+    pub channel: String,
+    pub recipient: Option<String>,
+    pub body: Option<String>,
+}
+
+/// A contact found or created by `test-dunning`.
+#[derive(Debug, Clone)]
+pub struct TestContact {
+    pub id: i64,
+    pub name: String,
+    pub existed: bool,
 }
 
 /// Rate-limit slots reserved for one batch: `count` sends, one per interval from `first_ms`.
@@ -334,6 +362,37 @@ pub trait Store: Send + Sync {
 
     /// Counts, latest failures and channel health.
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData>;
+
+    /// Claims the given messages now, whatever their due time (the test commands).
+    async fn claim_ids(
+        &self,
+        ids: &[i64],
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claimed>>;
+
+    /// Inserts messages (`ON CONFLICT DO NOTHING`) and returns the new ids.
+    async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>>;
+
+    /// The contact with this email address, or a new one named `name`; the phone is updated to
+    /// `phone` and email then WhatsApp become its channels. With `dry_run`, only looks it up.
+    async fn test_contact(
+        &self,
+        name: &str,
+        email: &str,
+        phone: &str,
+        dry_run: bool,
+    ) -> Result<Option<TestContact>>;
+
+    /// A new unpaid invoice; returns its id.
+    async fn create_invoice(
+        &self,
+        contact_id: i64,
+        number: &str,
+        amount: i64,
+        due: NaiveDate,
+    ) -> Result<i64>;
 
     /// Loads demo rows; with `reset`, removes earlier demo rows and their messages first.
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts>;

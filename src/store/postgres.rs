@@ -10,8 +10,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Row};
 
 use super::{
-    Claimed, DemoData, DueScheduled, GenRow, Generated, Outcome, Preview, Result, ScheduledAdvance,
-    SeedCounts, SlotGrant, StatusData, Store,
+    Claimed, DemoData, DueScheduled, GenRow, Generated, NewMessage, Outcome, Preview, Result,
+    ScheduledAdvance, SeedCounts, SlotGrant, StatusData, Store, TestContact,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -107,7 +107,7 @@ const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, \
     cl.media_url, cl.attempts, cl.contact_id, c.id AS contact_found, c.name, c.phone, c.email, \
     c.telegram_chat_id, (c.opted_out_at IS NOT NULL) AS opted_out, i.number AS invoice_number, \
     i.amount AS invoice_amount, to_char(i.due_date, 'YYYY-MM-DD') AS invoice_due, \
-    i.status AS invoice_status, v.plate_no";
+    i.status AS invoice_status, v.plate_no, c.channels, cl.recipient";
 
 const CLAIM_JOINS: &str = "LEFT JOIN contacts c ON c.id = cl.contact_id \
     LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
@@ -377,9 +377,9 @@ impl Store for PgStore {
                  SELECT * FROM UNNEST($2::bigint[], $3::int[], $4::text[], $5::text[], \
                      $6::boolean[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], \
                      $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[], \
-                     $16::timestamptz[]) \
+                     $16::timestamptz[], $17::text[]) \
                  AS v(id, attempt, channel, status, refund, next_at, error, provider, pid, \
-                     recipient, subject, body, sent_at, history, at) \
+                     recipient, subject, body, sent_at, history, at, fallback) \
              ), upd AS ( \
                  UPDATE messages m SET status = v.status, \
                      attempts = CASE WHEN v.refund THEN GREATEST(m.attempts - 1, 0) ELSE m.attempts END, \
@@ -401,6 +401,16 @@ impl Store for PgStore {
                      CASE WHEN upd.id IS NULL THEN 'late ' || v.history ELSE v.history END, \
                      v.error, v.pid, $1, v.at \
                  FROM v LEFT JOIN upd ON upd.id = v.id WHERE v.history IS NOT NULL \
+             ), fb AS ( \
+                 INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                     contact_id, channel, body, media_url, status, next_attempt_at, created_at) \
+                 SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, m.contact_id, \
+                     v.fallback, CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL \
+                         ELSE m.body END, \
+                     m.media_url, 'pending', v.at, v.at \
+                 FROM v JOIN upd ON upd.id = v.id JOIN messages m ON m.id = v.id \
+                 WHERE v.fallback IS NOT NULL \
+                 ON CONFLICT (dedup_key, channel) DO NOTHING \
              ) \
              SELECT v.id FROM v LEFT JOIN upd ON upd.id = v.id WHERE upd.id IS NULL",
         )
@@ -420,6 +430,7 @@ impl Store for PgStore {
         .bind(outcomes.iter().map(|o| o.sent_at).collect::<Vec<_>>())
         .bind(col(&|o| o.history.map(str::to_string)))
         .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+        .bind(col(&|o| o.fallback.clone()))
         .fetch_all(&self.pool)
         .await?;
         Ok(lost)
@@ -497,6 +508,121 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(StatusData { counts, failures, down, due })
+    }
+
+    async fn claim_ids(
+        &self,
+        ids: &[i64],
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claimed>> {
+        let sql = format!(
+            "WITH cl AS ( \
+                 UPDATE messages m SET status = 'sending', attempts = m.attempts + 1, \
+                     claimed_by = $2, claimed_until = $4, next_attempt_at = $4 \
+                 WHERE m.id = ANY($1) AND (m.status = 'pending' \
+                     OR (m.status = 'sending' AND m.next_attempt_at <= $3)) \
+                 RETURNING m.* \
+             ) \
+             SELECT {CLAIM_CONTEXT} FROM cl {CLAIM_JOINS} ORDER BY cl.id"
+        );
+        Ok(sqlx::query_as::<_, Claimed>(&sql)
+            .bind(ids)
+            .bind(token)
+            .bind(now)
+            .bind(lease_until)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>> {
+        let mut ids = Vec::new();
+        for r in rows {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                     contact_id, channel, recipient, body, status, next_attempt_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $10) \
+                 ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
+            )
+            .bind(r.kind)
+            .bind(r.subject_id)
+            .bind(&r.stage)
+            .bind(r.event_date)
+            .bind(&r.dedup_key)
+            .bind(r.contact_id)
+            .bind(&r.channel)
+            .bind(&r.recipient)
+            .bind(&r.body)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+            ids.extend(id);
+        }
+        Ok(ids)
+    }
+
+    async fn test_contact(
+        &self,
+        name: &str,
+        email: &str,
+        phone: &str,
+        dry_run: bool,
+    ) -> Result<Option<TestContact>> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, name FROM contacts WHERE lower(email) = lower($1) ORDER BY id LIMIT 1 \
+             FOR UPDATE",
+        )
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if dry_run {
+            return Ok(found.map(|(id, name)| TestContact { id, name, existed: true }));
+        }
+        let contact = if let Some((id, name)) = found {
+            sqlx::query(
+                "UPDATE contacts SET phone = $2, channels = 'email,whatsapp', opted_out_at = NULL \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(phone)
+            .execute(&mut *tx)
+            .await?;
+            TestContact { id, name, existed: true }
+        } else {
+            let id = sqlx::query_scalar(
+                "INSERT INTO contacts (name, email, phone, channels) \
+                 VALUES ($1, $2, $3, 'email,whatsapp') RETURNING id",
+            )
+            .bind(name)
+            .bind(email)
+            .bind(phone)
+            .fetch_one(&mut *tx)
+            .await?;
+            TestContact { id, name: name.to_string(), existed: false }
+        };
+        tx.commit().await?;
+        Ok(Some(contact))
+    }
+
+    async fn create_invoice(
+        &self,
+        contact_id: i64,
+        number: &str,
+        amount: i64,
+        due: NaiveDate,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO invoices (contact_id, number, amount, due_date) VALUES ($1, $2, $3, $4) \
+             RETURNING id",
+        )
+        .bind(contact_id)
+        .bind(number)
+        .bind(amount)
+        .bind(due)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {

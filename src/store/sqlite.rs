@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 
 use super::{
-    Claimed, DemoData, DueScheduled, GenRow, Generated, Outcome, Preview, Result, ScheduledAdvance,
-    SeedCounts, SlotGrant, StatusData, Store, StoreError,
+    Claimed, DemoData, DueScheduled, GenRow, Generated, NewMessage, Outcome, Preview, Result,
+    ScheduledAdvance, SeedCounts, SlotGrant, StatusData, Store, StoreError, TestContact,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -64,6 +64,23 @@ impl SqliteStore {
     /// The pool, for tests and benchmarks that prepare data directly.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// What delivery needs of messages this pass has just claimed.
+    async fn claimed_context(&self, ids: &[i64], token: &str) -> Result<Vec<Claimed>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {CLAIM_CONTEXT} FROM messages cl {CLAIM_JOINS} \
+             WHERE cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2 \
+             ORDER BY cl.id"
+        );
+        Ok(sqlx::query_as::<_, Claimed>(&sql)
+            .bind(serde_json::to_string(ids).unwrap_or_default())
+            .bind(token)
+            .fetch_all(&self.pool)
+            .await?)
     }
 }
 
@@ -160,7 +177,7 @@ const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_d
     cl.subject, cl.body, cl.media_url, cl.attempts, cl.contact_id, c.id AS contact_found, c.name, \
     c.phone, c.email, c.telegram_chat_id, (c.opted_out_at IS NOT NULL) AS opted_out, \
     i.number AS invoice_number, i.amount AS invoice_amount, date(i.due_date) AS invoice_due, \
-    i.status AS invoice_status, v.plate_no";
+    i.status AS invoice_status, v.plate_no, c.channels, cl.recipient";
 
 const CLAIM_JOINS: &str = "LEFT JOIN contacts c ON c.id = cl.contact_id \
     LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
@@ -431,19 +448,7 @@ impl Store for SqliteStore {
         .bind(ts(lease_until))
         .fetch_all(&self.pool)
         .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT {CLAIM_CONTEXT} FROM messages cl {CLAIM_JOINS} \
-             WHERE cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2 \
-             ORDER BY cl.id"
-        );
-        Ok(sqlx::query_as::<_, Claimed>(&sql)
-            .bind(serde_json::to_string(&ids).unwrap_or_default())
-            .bind(token)
-            .fetch_all(&self.pool)
-            .await?)
+        self.claimed_context(&ids, token).await
     }
 
     async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Vec<i64>> {
@@ -492,6 +497,31 @@ impl Store for SqliteStore {
         .await?;
         let lost: Vec<i64> =
             outcomes.iter().map(|o| o.id).filter(|id| !updated.contains(id)).collect();
+        let fallbacks: Vec<_> = outcomes
+            .iter()
+            .filter(|o| updated.contains(&o.id))
+            .filter_map(|o| {
+                let channel = o.fallback.as_ref()?;
+                Some(json!({"id": o.id, "channel": channel, "at": ts(o.at)}))
+            })
+            .collect();
+        if !fallbacks.is_empty() {
+            // The same reminder on the contact's next channel; the row just written keeps its
+            // rendered body, so dunning and maintenance texts are rendered afresh.
+            sqlx::query(
+                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                     contact_id, channel, body, media_url, status, next_attempt_at, created_at) \
+                 SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, m.contact_id, \
+                     f.value ->> 'channel', \
+                     CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL ELSE m.body END, \
+                     m.media_url, 'pending', f.value ->> 'at', f.value ->> 'at' \
+                 FROM json_each(?1) f JOIN messages m ON m.id = f.value ->> 'id' \
+                 WHERE true ON CONFLICT (dedup_key, channel) DO NOTHING",
+            )
+            .bind(serde_json::Value::Array(fallbacks).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
         let history: Vec<_> = outcomes
             .iter()
             .filter_map(|o| {
@@ -592,6 +622,117 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(StatusData { counts, failures, down, due })
+    }
+
+    async fn claim_ids(
+        &self,
+        ids: &[i64],
+        token: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Claimed>> {
+        let claimed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE messages SET status = 'sending', attempts = attempts + 1, claimed_by = ?2, \
+                 claimed_until = ?4, next_attempt_at = ?4 \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND (status = 'pending' \
+                 OR (status = 'sending' AND next_attempt_at <= ?3)) \
+             RETURNING id",
+        )
+        .bind(serde_json::to_string(ids).unwrap_or_default())
+        .bind(token)
+        .bind(ts(now))
+        .bind(ts(lease_until))
+        .fetch_all(&self.pool)
+        .await?;
+        self.claimed_context(&claimed, token).await
+    }
+
+    async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>> {
+        let mut ids = Vec::new();
+        for r in rows {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                     contact_id, channel, recipient, body, status, next_attempt_at, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?10) \
+                 ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
+            )
+            .bind(r.kind)
+            .bind(r.subject_id)
+            .bind(&r.stage)
+            .bind(r.event_date.map(|d| d.to_string()))
+            .bind(&r.dedup_key)
+            .bind(r.contact_id)
+            .bind(&r.channel)
+            .bind(&r.recipient)
+            .bind(&r.body)
+            .bind(ts(now))
+            .fetch_optional(&self.pool)
+            .await?;
+            ids.extend(id);
+        }
+        Ok(ids)
+    }
+
+    async fn test_contact(
+        &self,
+        name: &str,
+        email: &str,
+        phone: &str,
+        dry_run: bool,
+    ) -> Result<Option<TestContact>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let found: Option<(i64, String)> = sqlx::query_as(
+            "SELECT id, name FROM contacts WHERE lower(email) = lower(?1) ORDER BY id LIMIT 1",
+        )
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if dry_run {
+            return Ok(found.map(|(id, name)| TestContact { id, name, existed: true }));
+        }
+        let contact = if let Some((id, name)) = found {
+            sqlx::query(
+                "UPDATE contacts SET phone = ?2, channels = 'email,whatsapp', opted_out_at = NULL \
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(phone)
+            .execute(&mut *tx)
+            .await?;
+            TestContact { id, name, existed: true }
+        } else {
+            let id = sqlx::query_scalar(
+                "INSERT INTO contacts (name, email, phone, channels) \
+                 VALUES (?1, ?2, ?3, 'email,whatsapp') RETURNING id",
+            )
+            .bind(name)
+            .bind(email)
+            .bind(phone)
+            .fetch_one(&mut *tx)
+            .await?;
+            TestContact { id, name: name.to_string(), existed: false }
+        };
+        tx.commit().await?;
+        Ok(Some(contact))
+    }
+
+    async fn create_invoice(
+        &self,
+        contact_id: i64,
+        number: &str,
+        amount: i64,
+        due: NaiveDate,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO invoices (contact_id, number, amount, due_date) \
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(contact_id)
+        .bind(number)
+        .bind(amount)
+        .bind(due.to_string())
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {

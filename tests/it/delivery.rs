@@ -257,6 +257,7 @@ async fn lost_lease_body(db: &TestDb) {
         sent_at: Some(later),
         history: Some(if status == "sent" { "sent" } else { "permanent" }),
         at: later,
+        fallback: None,
     };
     let lost =
         store.record("pass-a", &[outcome(1, "failed", Some("late failure"))]).await.expect("a");

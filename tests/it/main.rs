@@ -5,4 +5,8 @@ mod helpers;
 
 mod cli;
 mod delivery;
+mod fallback;
+mod manual;
 mod pass;
+mod providers;
+mod smtp;

@@ -1,1 +1,833 @@
-//! waha WhatsApp gateway.
+//! The WAHA adapter (self-hosted WhatsApp HTTP API, devlikeapro/waha): one `sendText` or
+//! `sendFile` POST per message, optionally preceded by a `check-exists` lookup, with WAHA's
+//! answers classified into the delivery loop's error classes (`providers.md` §3).
+//!
+//! WAHA's success body is the engine's own message object (WEBJS, NOWEB and GOWS differ), so the
+//! id is read best-effort and a 2xx without one is still a success. The API key travels only in
+//! the `X-Api-Key` header, never in a URL, and is scrubbed from every provider text that becomes
+//! a reason.
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
+use reqwest::{RequestBuilder, StatusCode, Url};
+use serde_json::{json, Value};
+
+use crate::channels::{
+    retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
+};
+use crate::config::Secret;
+
+/// WAHA's messages are one line; an engine stack trace is cut so one reason stays one log line.
+const MAX_REASON_CHARS: usize = 300;
+
+/// A session status is one short word; anything longer is not WAHA talking.
+const MAX_STATUS_CHARS: usize = 40;
+
+/// Where the WAHA server is and which of its sessions sends.
+#[derive(Debug, Clone)]
+pub struct WahaConfig {
+    /// The server root, e.g. `http://localhost:3000`; a path prefix behind a proxy is kept.
+    pub base_url: String,
+    /// Sent as `X-Api-Key` when set (`WAHA_API_KEY` on the server side).
+    pub api_key: Option<Secret>,
+    /// The WAHA session (the paired phone); WAHA Core only has `default`.
+    pub session: String,
+    /// Ask `contacts/check-exists` before each send, because WAHA answers 201 even for a number
+    /// that is not on WhatsApp.
+    pub check_number: bool,
+}
+
+/// Sends `WhatsApp` messages through a WAHA server.
+pub struct WahaChannel {
+    config: WahaConfig,
+    client: reqwest::Client,
+}
+
+/// A reply whose body may not have been readable; the status decides what that means.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<String, reqwest::Error>,
+}
+
+impl WahaChannel {
+    /// Builds the adapter; the client is shared so connection pools and timeouts are set once.
+    pub fn new(config: WahaConfig, client: reqwest::Client) -> Self {
+        Self { config, client }
+    }
+
+    /// The session name to send with; an empty setting means WAHA's only Core session.
+    fn session(&self) -> &str {
+        match self.config.session.trim() {
+            "" => "default",
+            name => name,
+        }
+    }
+
+    fn endpoint(&self, segments: &[&str]) -> Result<Url, DeliveryError> {
+        // Pushing segments (rather than formatting a string) copes with a trailing slash or a
+        // path prefix in `base_url`.
+        let bad_base = || DeliveryError::channel_down("the WAHA base URL is not a valid URL");
+        let mut url = Url::parse(self.config.base_url.trim()).map_err(|_| bad_base())?;
+        url.path_segments_mut().map_err(|()| bad_base())?.pop_if_empty().extend(segments);
+        Ok(url)
+    }
+
+    /// Adds `X-Api-Key` when a key is configured, marked sensitive so no `Debug` shows it.
+    fn authorized(&self, request: RequestBuilder) -> Result<RequestBuilder, DeliveryError> {
+        let request = request.header(ACCEPT, "application/json");
+        let Some(key) = &self.config.api_key else { return Ok(request) };
+        let key = key.expose().trim();
+        if key.is_empty() {
+            return Ok(request);
+        }
+        let mut value = HeaderValue::from_str(key).map_err(|_| {
+            DeliveryError::channel_down(
+                "the WAHA API key contains characters that cannot go in an HTTP header",
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(request.header("X-Api-Key", value))
+    }
+
+    async fn exchange(&self, request: RequestBuilder) -> Result<Reply, DeliveryError> {
+        let response = request.send().await.map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.text().await;
+        Ok(Reply { status, headers, body })
+    }
+
+    fn classify(&self, reply: Reply) -> DeliveryError {
+        match reply.body {
+            Ok(body) => classify(
+                reply.status,
+                &reply.headers,
+                &body,
+                self.config.api_key.as_ref(),
+                self.session(),
+            ),
+            Err(e) => transport_error(&e),
+        }
+    }
+
+    /// Fails with `Permanent` when WAHA says the number is not on WhatsApp; a failing check is
+    /// classified like a failing send, since it reaches the same server and session.
+    async fn check_exists(&self, phone: &str, outbox_id: i64) -> Result<(), DeliveryError> {
+        let mut url = self.endpoint(&["api", "contacts", "check-exists"])?;
+        url.query_pairs_mut().append_pair("phone", phone).append_pair("session", self.session());
+        let reply = self.exchange(self.authorized(self.client.get(url))?).await?;
+        if !reply.status.is_success() {
+            return Err(self.classify(reply));
+        }
+        let exists = reply.body.ok().as_deref().and_then(number_exists);
+        match exists {
+            Some(true) => Ok(()),
+            Some(false) => Err(DeliveryError::permanent(format!(
+                "{phone} is not on WhatsApp (WAHA check-exists)"
+            ))),
+            None => {
+                // The check only guards against WAHA's silent 201 for unknown numbers; an
+                // unreadable answer must not stop a message the send itself may deliver.
+                tracing::warn!(
+                    outbox_id,
+                    http_status = reply.status.as_u16(),
+                    "WAHA check-exists gave no readable numberExists; sending anyway"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for WahaChannel {
+    fn provider(&self) -> &'static str {
+        "waha"
+    }
+
+    async fn send(&self, message: &OutboundMessage) -> Result<Receipt, DeliveryError> {
+        let phone = phone_digits(&message.recipient).ok_or_else(|| {
+            DeliveryError::permanent(
+                "the WhatsApp recipient is not a phone number in international digits",
+            )
+        })?;
+        let chat_id = format!("{phone}@c.us");
+        // Resolve the endpoint before the check so a bad base URL never costs a request.
+        let (segments, payload) = match &message.media_url {
+            None => (
+                ["api", "sendText"],
+                json!({ "session": self.session(), "chatId": chat_id, "text": message.body }),
+            ),
+            Some(media) => (
+                ["api", "sendFile"],
+                json!({
+                    "session": self.session(),
+                    "chatId": chat_id,
+                    "file": { "url": media },
+                    "caption": message.body,
+                }),
+            ),
+        };
+        let url = self.endpoint(&segments)?;
+
+        if self.config.check_number {
+            self.check_exists(&phone, message.id).await?;
+        }
+
+        let reply = self.exchange(self.authorized(self.client.post(url))?.json(&payload)).await?;
+        if reply.status.is_success() {
+            let id = reply.body.ok().as_deref().and_then(message_id);
+            if id.is_none() {
+                // Engines differ and some return no id at all; the message was still accepted,
+                // and failing here would make the loop send it twice.
+                tracing::debug!(
+                    outbox_id = message.id,
+                    http_status = reply.status.as_u16(),
+                    "WAHA accepted the message but its reply carried no readable id"
+                );
+            }
+            return Ok(Receipt { provider_message_id: id });
+        }
+        Err(self.classify(reply))
+    }
+}
+
+/// `628…` from `628…`, `+628…` or `628…@c.us`; `None` unless what is left is all digits, so a
+/// stray group id or a formatted number never becomes a chat id.
+fn phone_digits(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    let bare = trimmed.strip_suffix("@c.us").unwrap_or(trimmed);
+    let digits = bare.strip_prefix('+').unwrap_or(bare);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_owned())
+}
+
+fn number_exists(body: &str) -> Option<bool> {
+    serde_json::from_str::<Value>(body).ok()?.get("numberExists")?.as_bool()
+}
+
+/// The message id from whichever engine answered: WEBJS `id._serialized`, a plain string `id`,
+/// NOWEB (Baileys) `key.id`, or WEBJS's raw `_data.id._serialized`.
+fn message_id(body: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(body).ok()?;
+    ["/id/_serialized", "/id", "/key/id", "/_data/id/_serialized"]
+        .into_iter()
+        .filter_map(|pointer| value.pointer(pointer)?.as_str())
+        .map(str::trim)
+        .find(|id| !id.is_empty())
+        .map(str::to_owned)
+}
+
+/// Never trust a provider not to echo a header back; a reason is cheap to scrub and costly to
+/// leak. Scrubbing happens before cutting so a key split by the cut cannot survive in part.
+fn clean(text: &str, key: Option<&Secret>) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let scrubbed = match key.map(|k| k.expose().trim()) {
+        Some(secret) if !secret.is_empty() => one_line.replace(secret, "[redacted]"),
+        _ => one_line,
+    };
+    snippet(&scrubbed, MAX_REASON_CHARS)
+}
+
+/// WAHA's own words from an error body: the engine's `exception.message` (500), the `NestJS`
+/// `message` (a string, or a list for validation errors), or the object error's `error`.
+fn waha_message(value: &Value) -> Option<String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => {
+            let parts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            (!parts.is_empty()).then(|| parts.join("; "))
+        }
+        _ => None,
+    };
+    ["/exception/message", "/message", "/error"]
+        .into_iter()
+        .filter_map(|pointer| value.pointer(pointer).and_then(text))
+        .find(|s| !s.trim().is_empty())
+}
+
+/// `WAHA answered HTTP 500: server returned error 463`
+fn describe(status: StatusCode, value: Option<&Value>, body: &str, key: Option<&Secret>) -> String {
+    let mut out = format!("WAHA answered HTTP {}", status.as_u16());
+    // A non-JSON body is usually a proxy's page; a snippet still tells the operator whose.
+    let said = match value {
+        Some(v) => waha_message(v),
+        None => Some(body.to_owned()),
+    };
+    if let Some(said) = said.map(|s| clean(&s, key)).filter(|s| !s.is_empty()) {
+        out.push_str(": ");
+        out.push_str(&said);
+    }
+    out
+}
+
+/// Maps a non-2xx reply (to a send or to the number check) to a [`DeliveryError`].
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    key: Option<&Secret>,
+    session: &str,
+) -> DeliveryError {
+    let value = serde_json::from_str::<Value>(body).ok();
+    let detail = describe(status, value.as_ref(), body, key);
+
+    match status.as_u16() {
+        401 | 403 => DeliveryError::channel_down(format!(
+            "WAHA rejected the API key: configure the key the server was started with \
+             (WAHA_API_KEY); {detail}"
+        )),
+        404 => DeliveryError::channel_down(format!(
+            "WAHA session '{session}' was not found or is not started; {detail}"
+        )),
+        422 => session_not_working(value.as_ref(), headers, session, &detail, key),
+        // WAHA enforces no rate limit itself, but a proxy in front of it may.
+        429 => DeliveryError::RateLimited { reason: detail, retry_after: retry_after(headers) },
+        400..=499 => DeliveryError::permanent(detail),
+        // 5xx: the engine or WhatsApp failed (`server returned error 463`, `no LID found`); the
+        // loop's attempt cap turns a persistent one into a failure.
+        _ => DeliveryError::Transient { reason: detail, retry_after: retry_after(headers) },
+    }
+}
+
+/// 422: the session exists but is not `WORKING` (WAHA already waited ~5 s for it). Only
+/// `STARTING` heals by itself; every other state, or a 422 without one (WAHA Core refusing a
+/// non-`default` session), needs the operator.
+fn session_not_working(
+    value: Option<&Value>,
+    headers: &HeaderMap,
+    session: &str,
+    detail: &str,
+    key: Option<&Secret>,
+) -> DeliveryError {
+    let state = value
+        .and_then(|v| v.get("status"))
+        .and_then(Value::as_str)
+        .map(|s| snippet(&clean(s, key), MAX_STATUS_CHARS))
+        .filter(|s| !s.is_empty());
+    match state {
+        Some(state) if state.eq_ignore_ascii_case("STARTING") => DeliveryError::Transient {
+            reason: format!("WAHA session '{session}' is STARTING; retry shortly; {detail}"),
+            retry_after: retry_after(headers),
+        },
+        Some(state) if state.eq_ignore_ascii_case("SCAN_QR_CODE") => {
+            DeliveryError::channel_down(format!(
+                "WAHA session '{session}' is {state}: the operator must re-pair the phone by \
+                 scanning the QR code; {detail}"
+            ))
+        }
+        Some(state) => DeliveryError::channel_down(format!(
+            "WAHA session '{session}' is {state}, not WORKING: the operator must restart the \
+             session (and re-pair it if asked); {detail}"
+        )),
+        None => DeliveryError::channel_down(format!(
+            "WAHA refused session '{session}' (WAHA Core only allows 'default'): the operator \
+             must check the session name or restart it; {detail}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wiremock::matchers::{body_json, header, method, path, query_param};
+    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+
+    use super::*;
+
+    const KEY: &str = "waha-api-key-5c4b3a29";
+    const BODY: &str = "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar";
+    const SEND_TEXT: &str = "/api/sendText";
+    const SEND_FILE: &str = "/api/sendFile";
+    const CHECK: &str = "/api/contacts/check-exists";
+
+    /// Matches a request that does not carry the named header at all.
+    struct HeaderAbsent(&'static str);
+
+    impl wiremock::Match for HeaderAbsent {
+        fn matches(&self, request: &Request) -> bool {
+            !request.headers.contains_key(self.0)
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        // No system proxy: every request in these tests must stay on loopback.
+        reqwest::Client::builder().no_proxy().build().expect("test client builds")
+    }
+
+    fn config(base_url: &str) -> WahaConfig {
+        WahaConfig {
+            base_url: base_url.to_owned(),
+            api_key: Some(Secret::new(KEY)),
+            session: "default".to_owned(),
+            check_number: false,
+        }
+    }
+
+    fn channel(base_url: &str) -> WahaChannel {
+        WahaChannel::new(config(base_url), client())
+    }
+
+    fn checking_channel(base_url: &str) -> WahaChannel {
+        WahaChannel::new(WahaConfig { check_number: true, ..config(base_url) }, client())
+    }
+
+    fn message() -> OutboundMessage {
+        OutboundMessage {
+            id: 42,
+            recipient: "6281234567890".to_owned(),
+            subject: Some("ignored by WhatsApp".to_owned()),
+            body: BODY.to_owned(),
+            media_url: None,
+        }
+    }
+
+    fn closed_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("local addr").port();
+        drop(listener);
+        port
+    }
+
+    fn assert_nothing_leaked(err: &DeliveryError) {
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains(KEY), "the API key leaked: {shown}");
+        assert!(!shown.contains("/api/"), "the URL leaked: {shown}");
+    }
+
+    /// The error a `sendText` answered with `template` produces.
+    async fn reply(template: ResponseTemplate) -> DeliveryError {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(SEND_TEXT))
+            .respond_with(template)
+            .expect(1)
+            .mount(&server)
+            .await;
+        let err = channel(&server.uri()).send(&message()).await.expect_err("the reply is an error");
+        assert_nothing_leaked(&err);
+        err
+    }
+
+    /// The error a `check-exists` answered with `template` produces; the send must not happen.
+    async fn check_reply(template: ResponseTemplate) -> DeliveryError {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(CHECK))
+            .respond_with(template)
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(0)
+            .mount(&server)
+            .await;
+        let err =
+            checking_channel(&server.uri()).send(&message()).await.expect_err("the check failed");
+        assert_nothing_leaked(&err);
+        err
+    }
+
+    fn not_working(state: &str) -> ResponseTemplate {
+        ResponseTemplate::new(422).set_body_json(json!({
+            "error": "Session status is not as expected. Try again later or restart the session",
+            "session": "default",
+            "status": state,
+            "expected": ["WORKING"],
+        }))
+    }
+
+    fn engine_error(message: &str) -> ResponseTemplate {
+        ResponseTemplate::new(500).set_body_json(json!({
+            "statusCode": 500,
+            "timestamp": "2026-05-01T08:00:00.000Z",
+            "exception": { "message": message, "name": "Error", "stack": "Error: at x.js:1" },
+        }))
+    }
+
+    #[tokio::test]
+    async fn text_is_a_json_post_to_send_text_with_the_api_key_and_a_c_us_chat_id() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(SEND_TEXT))
+            .and(header("x-api-key", KEY))
+            .and(header("content-type", "application/json"))
+            .and(header("accept", "application/json"))
+            .and(body_json(json!({
+                "session": "default",
+                "chatId": "6281234567890@c.us",
+                "text": BODY,
+            })))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+                "id": { "fromMe": true, "_serialized": "true_6281234567890@c.us_3EB0C0FFEE" },
+                "body": BODY,
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        let receipt = channel(&server.uri()).send(&message()).await.expect("WAHA accepted it");
+
+        assert_eq!(
+            receipt.provider_message_id.as_deref(),
+            Some("true_6281234567890@c.us_3EB0C0FFEE")
+        );
+    }
+
+    #[tokio::test]
+    async fn media_is_a_send_file_post_with_the_url_and_the_body_as_caption() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(SEND_FILE))
+            .and(header("x-api-key", KEY))
+            .and(body_json(json!({
+                "session": "default",
+                "chatId": "6281234567890@c.us",
+                "file": { "url": "https://example.com/invoice.pdf?id=7&v=2" },
+                "caption": BODY,
+            })))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({ "key": { "id": "BAE5F00D", "fromMe": true } })),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let mut msg = message();
+        msg.media_url = Some("https://example.com/invoice.pdf?id=7&v=2".to_owned());
+
+        let receipt = channel(&server.uri()).send(&msg).await.expect("WAHA accepted it");
+
+        assert_eq!(receipt.provider_message_id.as_deref(), Some("BAE5F00D"));
+    }
+
+    #[tokio::test]
+    async fn without_an_api_key_no_x_api_key_header_is_sent() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(SEND_TEXT))
+            .and(HeaderAbsent("x-api-key"))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let channel =
+            WahaChannel::new(WahaConfig { api_key: None, ..config(&server.uri()) }, client());
+
+        channel.send(&message()).await.expect("WAHA accepted it");
+    }
+
+    #[tokio::test]
+    async fn the_configured_session_and_a_path_prefix_on_the_base_url_are_used() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/waha/api/sendText"))
+            .and(body_json(json!({
+                "session": "billing",
+                "chatId": "6281234567890@c.us",
+                "text": BODY,
+            })))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": "plain-id" })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let channel = WahaChannel::new(
+            WahaConfig {
+                session: "billing".to_owned(),
+                ..config(&format!("{}/waha/", server.uri()))
+            },
+            client(),
+        );
+
+        let receipt = channel.send(&message()).await.expect("WAHA accepted it");
+
+        assert_eq!(receipt.provider_message_id.as_deref(), Some("plain-id"));
+    }
+
+    #[tokio::test]
+    async fn a_2xx_without_a_readable_id_is_still_success() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(201).set_body_string("not json"))
+            .mount(&server)
+            .await;
+
+        let receipt = channel(&server.uri()).send(&message()).await.expect("a 2xx means accepted");
+
+        assert_eq!(receipt.provider_message_id, None);
+    }
+
+    #[test]
+    fn the_id_is_read_from_every_known_engine_shape_and_never_invented() {
+        let id = |v: Value| message_id(&v.to_string());
+        assert_eq!(id(json!({"id": {"_serialized": "webjs"}})).as_deref(), Some("webjs"));
+        assert_eq!(id(json!({"id": "gows"})).as_deref(), Some("gows"));
+        assert_eq!(id(json!({"key": {"id": "noweb"}})).as_deref(), Some("noweb"));
+        assert_eq!(id(json!({"_data": {"id": {"_serialized": "raw"}}})).as_deref(), Some("raw"));
+        assert_eq!(
+            id(json!({"id": {"_serialized": " "}, "key": {"id": "next"}})).as_deref(),
+            Some("next")
+        );
+        assert_eq!(id(json!({"id": 17})), None);
+        assert_eq!(id(json!([1, 2])), None);
+        assert_eq!(message_id(""), None);
+    }
+
+    #[test]
+    fn recipients_become_bare_digits_or_nothing() {
+        assert_eq!(phone_digits("6281234567890").as_deref(), Some("6281234567890"));
+        assert_eq!(phone_digits(" +6281234567890 ").as_deref(), Some("6281234567890"));
+        assert_eq!(phone_digits("6281234567890@c.us").as_deref(), Some("6281234567890"));
+        assert_eq!(phone_digits("120363@g.us"), None);
+        assert_eq!(phone_digits("0812-3456"), None);
+        assert_eq!(phone_digits("+"), None);
+        assert_eq!(phone_digits(""), None);
+    }
+
+    #[tokio::test]
+    async fn a_recipient_that_is_not_digits_is_permanent_without_calling_waha() {
+        let mut msg = message();
+        msg.recipient = "  ".to_owned();
+        // An unroutable base proves no request is attempted.
+        let err = checking_channel(&format!("http://127.0.0.1:{}", closed_port()))
+            .send(&msg)
+            .await
+            .expect_err("nothing to send to");
+        assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn the_number_check_asks_check_exists_and_then_sends() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(CHECK))
+            .and(query_param("phone", "6281234567890"))
+            .and(query_param("session", "default"))
+            .and(header("x-api-key", KEY))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "numberExists": true,
+                "chatId": "6281234567890@c.us",
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(SEND_TEXT))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({ "id": "sent" })))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        let receipt = checking_channel(&server.uri()).send(&message()).await.expect("sent");
+
+        assert_eq!(receipt.provider_message_id.as_deref(), Some("sent"));
+    }
+
+    #[tokio::test]
+    async fn a_number_that_is_not_on_whatsapp_is_permanent_and_nothing_is_sent() {
+        let err =
+            check_reply(ResponseTemplate::new(200).set_body_json(json!({ "numberExists": false })))
+                .await;
+        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("6281234567890 is not on WhatsApp"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_number_check_does_not_block_the_send() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(CHECK))
+            .respond_with(ResponseTemplate::new(200).set_body_string("<html></html>"))
+            .expect(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(SEND_TEXT))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        checking_channel(&server.uri()).send(&message()).await.expect("sent anyway");
+    }
+
+    #[tokio::test]
+    async fn without_the_number_check_check_exists_is_never_called() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(0)
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(SEND_TEXT))
+            .respond_with(ResponseTemplate::new(201))
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        channel(&server.uri()).send(&message()).await.expect("sent");
+    }
+
+    #[tokio::test]
+    async fn a_number_check_answered_401_takes_the_channel_down() {
+        let err = check_reply(ResponseTemplate::new(401).set_body_json(json!({
+            "message": "Unauthorized", "statusCode": 401,
+        })))
+        .await;
+        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_number_check_answered_404_takes_the_channel_down() {
+        let err = check_reply(ResponseTemplate::new(404).set_body_json(json!({
+            "statusCode": 404, "message": "Session not found", "error": "Not Found",
+        })))
+        .await;
+        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_number_check_on_a_session_that_needs_the_qr_code_takes_the_channel_down() {
+        let err = check_reply(not_working("SCAN_QR_CODE")).await;
+        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_number_check_answered_500_is_transient() {
+        let err = check_reply(engine_error("no LID found")).await;
+        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn http_401_a_missing_or_wrong_api_key_takes_the_channel_down() {
+        let err = reply(ResponseTemplate::new(401).set_body_json(json!({
+            "message": "Unauthorized", "statusCode": 401,
+        })))
+        .await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("API key"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_404_session_not_found_takes_the_channel_down_and_names_the_session() {
+        let err = reply(ResponseTemplate::new(404).set_body_json(json!({
+            "statusCode": 404, "message": "Session not found", "error": "Not Found",
+        })))
+        .await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("'default'") && reason.contains("Session not found"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_422_starting_is_transient() {
+        let err = reply(not_working("STARTING")).await;
+        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+        assert!(reason.contains("STARTING"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_422_scan_qr_code_takes_the_channel_down_and_asks_for_a_re_pair() {
+        let err = reply(not_working("SCAN_QR_CODE")).await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("SCAN_QR_CODE") && reason.contains("re-pair"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_422_failed_takes_the_channel_down_and_asks_for_a_restart() {
+        let err = reply(not_working("FAILED")).await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("FAILED") && reason.contains("restart"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_422_stopped_takes_the_channel_down_and_asks_for_a_restart() {
+        let err = reply(not_working("STOPPED")).await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("STOPPED") && reason.contains("restart"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_422_with_an_unknown_status_takes_the_channel_down() {
+        let err = reply(not_working("HIBERNATING")).await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("HIBERNATING"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_422_from_waha_core_refusing_a_non_default_session_takes_the_channel_down() {
+        let err = reply(ResponseTemplate::new(422).set_body_json(json!({
+            "statusCode": 422,
+            "message": "WAHA Core support only 'default' session.",
+            "error": "Unprocessable Entity",
+        })))
+        .await;
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("only 'default'"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn http_500_an_engine_error_is_transient_and_keeps_the_exception_message() {
+        let err = reply(engine_error("server returned error 463")).await;
+        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+        assert!(reason.contains("HTTP 500: server returned error 463"), "{reason}");
+        assert!(!reason.contains("x.js"), "the stack trace is not a reason: {reason}");
+    }
+
+    #[tokio::test]
+    async fn a_5xx_without_a_body_is_transient() {
+        let err = reply(ResponseTemplate::new(502)).await;
+        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn http_429_from_a_proxy_is_rate_limited_and_honours_retry_after() {
+        let err = reply(ResponseTemplate::new(429).insert_header("Retry-After", "9")).await;
+        let DeliveryError::RateLimited { retry_after, .. } = err else { panic!("{err:?}") };
+        assert_eq!(retry_after, Some(Duration::from_secs(9)));
+    }
+
+    #[tokio::test]
+    async fn another_4xx_is_permanent_with_wahas_message() {
+        let err = reply(ResponseTemplate::new(400).set_body_json(json!({
+            "statusCode": 400,
+            "message": ["chatId must be a string", "text should not be empty"],
+            "error": "Bad Request",
+        })))
+        .await;
+        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("chatId must be a string; text should not be empty"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn an_api_key_echoed_by_the_server_is_scrubbed_from_the_reason() {
+        let err = reply(engine_error(&format!("bad header X-Api-Key: {KEY}"))).await;
+        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+        assert!(reason.contains("[redacted]"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_transient_and_names_neither_url_nor_key() {
+        let base = format!("http://127.0.0.1:{}", closed_port());
+        let err =
+            checking_channel(&base).send(&message()).await.expect_err("nothing listens there");
+        let shown = format!("{err} {err:?}");
+        assert!(matches!(err, DeliveryError::Transient { .. }), "{shown}");
+        assert!(!shown.contains(KEY) && !shown.contains("127.0.0.1"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn an_unparseable_base_url_takes_the_channel_down() {
+        let err = channel("not a url").send(&message()).await.expect_err("no endpoint");
+        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_provider_name_is_waha() {
+        assert_eq!(channel("http://127.0.0.1:1").provider(), "waha");
+    }
+}
