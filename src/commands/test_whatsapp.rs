@@ -32,7 +32,8 @@ pub async fn run(
     )?;
     super::confirm(
         &format!(
-            "Send this WhatsApp message now to {recipient} (entered as {raw_phone}) via {}?\n\n{message}\n",
+            "To {recipient} (entered as {raw_phone}) via {}:\n\n{message}\n\nSend this WhatsApp \
+             message now?",
             provider.provider()
         ),
         yes,
