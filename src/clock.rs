@@ -24,6 +24,13 @@ impl Clock {
         Self { base: at, started: Instant::now() }
     }
 
+    /// The instant the pass started: exactly `--now` when given. Rules are evaluated at this
+    /// instant, so that a later pass run with the same `--now` sees what this one generated as
+    /// due.
+    pub fn start(&self) -> DateTime<Utc> {
+        self.base
+    }
+
     /// The current instant of this pass.
     pub fn now(&self) -> DateTime<Utc> {
         let elapsed = chrono::Duration::from_std(self.started.elapsed()).unwrap_or_default();

@@ -568,6 +568,8 @@ impl Delivery<'_> {
                     ctx.send(job).await;
                     drop(permit);
                 });
+                // Reap finished sends as we go, so memory stays flat however many are sent.
+                while tasks.try_join_next().is_some() {}
             }
         }
         while tasks.join_next().await.is_some() {}

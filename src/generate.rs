@@ -26,6 +26,9 @@ pub struct RuleLine {
     pub queued: u64,
     /// Subjects whose reminder already existed.
     pub existing: u64,
+    /// Of the rows created, those created `failed` or `skipped` (with the reason).
+    pub failed: u64,
+    pub skipped: u64,
     #[serde(skip)]
     pub rows: Vec<GenRow>,
 }
@@ -49,11 +52,14 @@ pub fn local_today(now: DateTime<Utc>, tz: Tz) -> NaiveDate {
 }
 
 /// Runs every rule once at `now`.
+/// Runs every rule once at `now`. `keep` bounds how many new rows per rule are returned for
+/// the report: all are counted, and a large pass does not hold them all in memory.
 pub async fn generate(
     store: &dyn Store,
     settings: &Settings,
     now: DateTime<Utc>,
     dry_run: bool,
+    keep: usize,
 ) -> Result<GenerateReport, StoreError> {
     let today = local_today(now, settings.timezone);
     let mut report = GenerateReport {
@@ -63,13 +69,13 @@ pub async fn generate(
 
     for stage in settings.dunning.stages() {
         let due = stage.due_range(today);
-        let out = store.generate_dunning(&stage.name, due, now, dry_run).await?;
+        let out = store.generate_dunning(&stage.name, due, now, dry_run, keep).await?;
         report.lines.push(line("dunning", stage.name.clone(), Some(due), out));
     }
 
     // 0 ≤ days until the visit < 3.
     let visit = (today, today + Duration::days(2));
-    let out = store.generate_maintenance(visit, now, dry_run).await?;
+    let out = store.generate_maintenance(visit, now, dry_run, keep).await?;
     report.lines.push(line("maintenance", "visit".into(), Some(visit), out));
 
     let mut scheduled = crate::store::Generated::default();
@@ -101,9 +107,8 @@ pub async fn generate(
                 }
             })
             .collect();
-        let out = store.queue_scheduled(&advances, now, dry_run).await?;
-        scheduled.found += out.found;
-        scheduled.rows.extend(out.rows);
+        let left = keep.saturating_sub(scheduled.rows.len());
+        scheduled.absorb(store.queue_scheduled(&advances, now, dry_run, left).await?);
         if (due.len() as i64) < SCHEDULED_PAGE {
             break;
         }
@@ -118,15 +123,16 @@ fn line(
     window: Option<(NaiveDate, NaiveDate)>,
     out: crate::store::Generated,
 ) -> RuleLine {
-    let queued = out.rows.len() as u64;
     RuleLine {
         rule,
         stage,
         from: window.map(|w| w.0),
         to: window.map(|w| w.1),
         found: out.found,
-        queued,
-        existing: out.found.saturating_sub(queued),
+        queued: out.queued,
+        existing: out.found.saturating_sub(out.queued),
+        failed: out.failed,
+        skipped: out.skipped,
         rows: out.rows,
     }
 }

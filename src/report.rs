@@ -50,13 +50,10 @@ impl PassReport {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         if let Some(g) = &self.generate {
-            for row in g.rows() {
-                t.generated += 1;
-                match row.status.as_str() {
-                    "failed" => t.failed += 1,
-                    "skipped" => t.skipped += 1,
-                    _ => {}
-                }
+            for line in &g.lines {
+                t.generated += line.queued;
+                t.failed += line.failed;
+                t.skipped += line.skipped;
             }
             t.cancelled += g.cancelled.len() as u64;
         }

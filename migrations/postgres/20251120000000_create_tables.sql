@@ -64,6 +64,9 @@ CREATE TABLE messages (
     stage               TEXT,
     event_date          DATE,
     dedup_key           TEXT NOT NULL,
+    -- 'rule' rows come from generation, at most one per occurrence; 'fallback' rows carry the
+    -- same occurrence on the contact's next channel; 'manual' rows come from test commands.
+    origin              TEXT NOT NULL DEFAULT 'rule' CHECK (origin IN ('rule', 'fallback', 'manual')),
     contact_id          BIGINT,
     channel             TEXT NOT NULL,
     provider            TEXT,
@@ -83,7 +86,11 @@ CREATE TABLE messages (
     sent_at             TIMESTAMPTZ,
     CONSTRAINT messages_dedup UNIQUE (dedup_key, channel)
 );
-CREATE INDEX messages_due ON messages (channel, next_attempt_at) WHERE status IN ('pending', 'sending');
+-- Each occurrence is generated once, whatever channel the contact prefers by then.
+CREATE UNIQUE INDEX messages_generated_once ON messages (dedup_key) WHERE origin = 'rule';
+-- Matches the claim's ORDER BY, so a claim reads a batch instead of sorting every due row.
+CREATE INDEX messages_due ON messages (channel, next_attempt_at, id)
+    WHERE status IN ('pending', 'sending');
 CREATE INDEX messages_open_subject ON messages (kind, subject_id) WHERE status IN ('pending', 'sending');
 
 CREATE TABLE delivery_attempts (

@@ -26,7 +26,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let setup = super::setup(&args.common, env).await?;
     let settings = &setup.settings;
-    let now = setup.clock.now();
+    let now = setup.clock.start();
     let mut report = PassReport {
         command: match mode {
             Mode::Run => "run",
@@ -39,9 +39,11 @@ pub async fn run(
         generate: None,
         deliver: None,
     };
+    // `--json` lists every message touched; the human summary shows the first few.
+    let keep = if args.common.json { usize::MAX } else { crate::deliver::HUMAN_DETAILS };
     if mode != Mode::Send {
         let generated =
-            crate::generate::generate(setup.store.as_ref(), settings, now, args.dry_run)
+            crate::generate::generate(setup.store.as_ref(), settings, now, args.dry_run, keep)
                 .await
                 .context("generation failed")?;
         report.generate = Some(generated);

@@ -14,7 +14,7 @@ pub async fn run(
     env: HashMap<String, String>,
 ) -> anyhow::Result<ExitCode> {
     let setup = super::setup(common, env).await?;
-    let demo = crate::seed::demo_data(setup.clock.now(), setup.settings.timezone);
+    let demo = crate::seed::demo_data(setup.clock.start(), setup.settings.timezone);
     let counts = setup.store.seed(&demo, reset).await.context("cannot load demo data")?;
     if common.json {
         emit(&serde_json::json!({"seeded": counts, "reset": reset}).to_string());

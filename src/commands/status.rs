@@ -17,7 +17,7 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let setup = super::setup(common, env).await?;
     let settings = &setup.settings;
-    let now = setup.clock.now();
+    let now = setup.clock.start();
     let registry = Registry::from_settings(settings).context("cannot set up the channels")?;
     let data = setup.store.status(now, i64::from(failures)).await.context("cannot read status")?;
     let report = StatusReport {

@@ -51,8 +51,24 @@ pub struct GenRow {
 pub struct Generated {
     /// Subjects currently in this rule's window, queued before or not.
     pub found: u64,
-    /// Rows created now.
+    /// Rows created now (in a dry run: rows that would be).
+    pub queued: u64,
+    /// Of those, rows created `failed` (missing contact, unknown channel) or `skipped`.
+    pub failed: u64,
+    pub skipped: u64,
+    /// The first rows created, as many as the caller asked to keep.
     pub rows: Vec<GenRow>,
+}
+
+impl Generated {
+    /// Adds another statement's result (scheduled messages come in pages).
+    pub fn absorb(&mut self, other: Generated) {
+        self.found += other.found;
+        self.queued += other.queued;
+        self.failed += other.failed;
+        self.skipped += other.skipped;
+        self.rows.extend(other.rows);
+    }
 }
 
 /// A scheduled message whose run time has come.
@@ -274,13 +290,15 @@ pub trait Store: Send + Sync {
     /// Applies pending migrations; safe when several processes start at once.
     async fn migrate(&self) -> Result<()>;
 
-    /// Queues dunning stage `stage` for unpaid invoices due within `due` (inclusive).
+    /// Queues dunning stage `stage` for unpaid invoices due within `due` (inclusive), keeping
+    /// up to `keep` of the new rows in the result.
     async fn generate_dunning(
         &self,
         stage: &str,
         due: (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated>;
 
     /// Queues a maintenance reminder for vehicles whose next visit falls within `visit`.
@@ -289,6 +307,7 @@ pub trait Store: Send + Sync {
         visit: (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated>;
 
     /// Active scheduled messages whose run time is at or before `now`, by id after `after_id`.
@@ -305,6 +324,7 @@ pub trait Store: Send + Sync {
         advances: &[ScheduledAdvance],
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated>;
 
     /// Cancels queued dunning messages whose invoice is paid or cancelled.

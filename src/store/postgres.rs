@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Row};
 
 use super::{
@@ -22,7 +22,14 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?
+        let mut options = PgConnectOptions::from_str(url)?;
+        // sqlx defaults to `sslmode=prefer`, a TLS handshake per connection even on loopback,
+        // where it protects nothing and costs the every-minute tick most of its time. A URL
+        // that names an sslmode keeps it.
+        if !url.contains("sslmode=") && is_local(options.get_host()) {
+            options = options.ssl_mode(PgSslMode::Disable);
+        }
+        let options = options
             .application_name("reminderctl")
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
@@ -40,6 +47,15 @@ impl PgStore {
     }
 }
 
+/// A Unix socket directory or a loopback address.
+fn is_local(host: &str) -> bool {
+    host.starts_with('/')
+        || host == "localhost"
+        || host == "::1"
+        || host == "[::1]"
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A contact's first preferred channel, or WhatsApp when it names none.
 const CHANNEL: &str =
     "COALESCE(NULLIF(lower(trim(split_part(c.channels, ',', 1))), ''), 'whatsapp')";
@@ -55,39 +71,55 @@ const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
      WHEN s.opted_out THEN 'contact opted out' END";
 
 /// Wraps a rule's candidate rows (`source`, parameters from `$2`) into one statement that
-/// inserts what is new (or, dry, selects it) and counts every candidate. `$1` is now.
-fn generation_sql(kind: &str, source: &str, dry_run: bool) -> String {
-    let new_rows = format!(
+/// inserts them (or, dry, selects those not queued yet), counts every candidate and what was
+/// created, and returns the first `keep` new rows. `$1` is now. Occurrences already queued are
+/// left to `ON CONFLICT`: the partial unique index on `dedup_key` holds one per occurrence.
+fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> String {
+    let rows = format!(
         "SELECT '{kind}' AS kind, s.subject_id, s.stage, s.event_date, s.dedup_key, s.contact_id, \
                 s.channel, s.body, s.media_url, {STATUS} AS status, {REASON} AS last_error \
-         FROM src s \
-         WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = s.dedup_key)"
+         FROM src s"
     );
     let out = if dry_run {
-        format!("out AS ({new_rows})")
+        format!(
+            "out AS (SELECT NULL::bigint AS id, n.kind, n.subject_id, n.stage, n.channel, \
+                 n.status, n.last_error FROM ({rows}) n \
+             WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key))"
+        )
     } else {
         format!(
             "out AS (INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
                  contact_id, channel, body, media_url, status, last_error, next_attempt_at, created_at) \
              SELECT n.kind, n.subject_id, n.stage, n.event_date, n.dedup_key, n.contact_id, \
-                 n.channel, n.body, n.media_url, n.status, n.last_error, $1, $1 FROM ({new_rows}) n \
-             ON CONFLICT (dedup_key, channel) DO NOTHING \
+                 n.channel, n.body, n.media_url, n.status, n.last_error, $1, $1 FROM ({rows}) n \
+             ON CONFLICT DO NOTHING \
              RETURNING id, kind, subject_id, stage, channel, status, last_error)"
         )
     };
-    let id = if dry_run { "NULL::bigint" } else { "o.id" };
+    let limit = i64::try_from(keep).map_or_else(|_| "ALL".to_string(), |k| k.to_string());
     format!(
-        "WITH src AS MATERIALIZED ({source}), {out} \
-         SELECT f.found, {id} AS id, o.kind, o.subject_id, o.stage, o.channel, o.status, \
-                o.last_error AS error \
-         FROM (SELECT count(*) AS found FROM src) f LEFT JOIN out o ON true"
+        "WITH src AS MATERIALIZED ({source}), {out}, \
+             kept AS (SELECT * FROM out LIMIT {limit}) \
+         SELECT f.found, a.queued, a.failed, a.skipped, k.id, k.kind, k.subject_id, k.stage, \
+                k.channel, k.status, k.last_error AS error \
+         FROM (SELECT count(*) AS found FROM src) f \
+         CROSS JOIN (SELECT count(*) AS queued, \
+                         count(*) FILTER (WHERE status = 'failed') AS failed, \
+                         count(*) FILTER (WHERE status = 'skipped') AS skipped FROM out) a \
+         LEFT JOIN kept k ON true"
     )
 }
 
 fn generated(rows: Vec<sqlx::postgres::PgRow>) -> Result<Generated> {
     let mut out = Generated::default();
+    let count = |row: &sqlx::postgres::PgRow, name: &str| -> Result<u64> {
+        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
+    };
     for row in rows {
-        out.found = row.try_get::<i64, _>("found")?.max(0) as u64;
+        out.found = count(&row, "found")?;
+        out.queued = count(&row, "queued")?;
+        out.failed = count(&row, "failed")?;
+        out.skipped = count(&row, "skipped")?;
         let Some(kind) = row.try_get::<Option<String>, _>("kind")? else { continue };
         out.rows.push(GenRow {
             id: row.try_get("id")?,
@@ -142,6 +174,7 @@ impl Store for PgStore {
         due: (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated> {
         let source = format!(
             "SELECT i.id AS subject_id, $2::text AS stage, i.due_date AS event_date, \
@@ -152,7 +185,7 @@ impl Store for PgStore {
              FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
              WHERE i.status = 'unpaid' AND i.due_date BETWEEN $3 AND $4"
         );
-        let rows = sqlx::query(&generation_sql("dunning", &source, dry_run))
+        let rows = sqlx::query(&generation_sql("dunning", &source, dry_run, keep))
             .bind(now)
             .bind(stage)
             .bind(due.0)
@@ -167,6 +200,7 @@ impl Store for PgStore {
         visit: (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated> {
         let source = format!(
             "SELECT v.id AS subject_id, 'visit'::text AS stage, v.visit AS event_date, \
@@ -178,7 +212,7 @@ impl Store for PgStore {
              LEFT JOIN contacts c ON c.id = v.contact_id \
              WHERE v.visit BETWEEN $2 AND $3"
         );
-        let rows = sqlx::query(&generation_sql("maintenance", &source, dry_run))
+        let rows = sqlx::query(&generation_sql("maintenance", &source, dry_run, keep))
             .bind(now)
             .bind(visit.0)
             .bind(visit.1)
@@ -221,6 +255,7 @@ impl Store for PgStore {
         advances: &[ScheduledAdvance],
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated> {
         let mut tx = self.pool.begin().await?;
         let mut ids: Vec<i64> = advances.iter().map(|a| a.id).collect();
@@ -250,7 +285,7 @@ impl Store for PgStore {
              FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS d(id, key, stage) \
              JOIN scheduled_messages s ON s.id = d.id \
              LEFT JOIN contacts c ON c.id = s.contact_id";
-        let rows = sqlx::query(&generation_sql("scheduled", source, dry_run))
+        let rows = sqlx::query(&generation_sql("scheduled", source, dry_run, keep))
             .bind(now)
             .bind(won.iter().map(|a| a.id).collect::<Vec<_>>())
             .bind(won.iter().map(|a| a.dedup_key.clone()).collect::<Vec<_>>())
@@ -402,10 +437,10 @@ impl Store for PgStore {
                      v.error, v.pid, $1, v.at \
                  FROM v LEFT JOIN upd ON upd.id = v.id WHERE v.history IS NOT NULL \
              ), fb AS ( \
-                 INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                 INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
                      contact_id, channel, body, media_url, status, next_attempt_at, created_at) \
-                 SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, m.contact_id, \
-                     v.fallback, CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL \
+                 SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, 'fallback', \
+                     m.contact_id, v.fallback, CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL \
                          ELSE m.body END, \
                      m.media_url, 'pending', v.at, v.at \
                  FROM v JOIN upd ON upd.id = v.id JOIN messages m ON m.id = v.id \
@@ -540,9 +575,9 @@ impl Store for PgStore {
         let mut ids = Vec::new();
         for r in rows {
             let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
                      contact_id, channel, recipient, body, status, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $10) \
+                 VALUES ($1, $2, $3, $4, $5, 'manual', $6, $7, $8, $9, 'pending', $10, $10) \
                  ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
             )
             .bind(r.kind)

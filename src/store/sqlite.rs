@@ -97,18 +97,19 @@ const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
        'unknown channel ''' || s.channel || '''' \
      WHEN s.opted_out THEN 'contact opted out' END";
 
-/// The new rows of a rule: its candidates (`source`) minus occurrences already in the outbox.
-fn new_rows_sql(kind: &str, source: &str) -> String {
+/// A rule's candidates (`source`) as outbox rows, with their status decided in SQL.
+fn rows_sql(kind: &str, source: &str) -> String {
     format!(
         "SELECT '{kind}' AS kind, s.subject_id, s.stage, s.event_date, s.dedup_key, s.contact_id, \
                 s.channel, s.body, s.media_url, {STATUS} AS status, {REASON} AS last_error \
-         FROM ({source}) s \
-         WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = s.dedup_key)"
+         FROM ({source}) s"
     )
 }
 
-/// Counts a rule's candidates, then inserts (or, dry, selects) the new rows. `?1` is now; the
-/// source's own parameters follow.
+/// Counts a rule's candidates, then inserts them (or, dry, selects those not queued yet). `?1`
+/// is now; the source's own parameters follow. Occurrences already queued are left to
+/// `ON CONFLICT`: the partial unique index on `dedup_key` holds one per occurrence. The new
+/// rows stream past: all are counted, the first `keep` kept.
 async fn generate(
     conn: &mut sqlx::SqliteConnection,
     kind: &str,
@@ -116,7 +117,10 @@ async fn generate(
     binds: &[serde_json::Value],
     now: DateTime<Utc>,
     dry_run: bool,
+    keep: usize,
 ) -> Result<Generated> {
+    use futures::TryStreamExt as _;
+
     fn bind_all<'q>(
         mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
         now: &str,
@@ -138,11 +142,13 @@ async fn generate(
         .fetch_one(&mut *conn)
         .await?
         .try_get("found")?;
-    let new_rows = new_rows_sql(kind, source);
+    let rows = rows_sql(kind, source);
     let sql = if dry_run {
         format!(
             "SELECT NULL AS id, n.kind, n.subject_id, n.stage, n.channel, n.status, \
-                 n.last_error AS error FROM ({new_rows}) n WHERE ?1 IS NOT NULL"
+                 n.last_error AS error FROM ({rows}) n \
+             WHERE ?1 IS NOT NULL \
+               AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key)"
         )
     } else {
         format!(
@@ -150,27 +156,34 @@ async fn generate(
                  channel, body, media_url, status, last_error, next_attempt_at, created_at) \
              SELECT n.kind, n.subject_id, n.stage, n.event_date, n.dedup_key, n.contact_id, \
                  n.channel, n.body, n.media_url, n.status, n.last_error, ?1, ?1 \
-             FROM ({new_rows}) n WHERE true \
-             ON CONFLICT (dedup_key, channel) DO NOTHING \
+             FROM ({rows}) n WHERE true \
+             ON CONFLICT DO NOTHING \
              RETURNING id, kind, subject_id, stage, channel, status, last_error AS error"
         )
     };
-    let rows = bind_all(sqlx::query(&sql), &now_text, binds).fetch_all(&mut *conn).await?;
-    let rows = rows
-        .iter()
-        .map(|r| {
-            Ok(GenRow {
+    let mut out = Generated { found: found.max(0) as u64, ..Generated::default() };
+    let mut stream = bind_all(sqlx::query(&sql), &now_text, binds).fetch(&mut *conn);
+    while let Some(r) = stream.try_next().await? {
+        let status: String = r.try_get("status")?;
+        out.queued += 1;
+        match status.as_str() {
+            "failed" => out.failed += 1,
+            "skipped" => out.skipped += 1,
+            _ => {}
+        }
+        if out.rows.len() < keep {
+            out.rows.push(GenRow {
                 id: r.try_get("id")?,
                 kind: r.try_get("kind")?,
                 subject_id: r.try_get("subject_id")?,
                 stage: r.try_get("stage")?,
                 channel: r.try_get("channel")?,
-                status: r.try_get("status")?,
+                status,
                 error: r.try_get("error")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Generated { found: found.max(0) as u64, rows })
+            });
+        }
+    }
+    Ok(out)
 }
 
 const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_date, cl.channel, \
@@ -232,6 +245,7 @@ impl Store for SqliteStore {
         due: (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated> {
         let source = format!(
             "SELECT i.id AS subject_id, ?2 AS stage, date(i.due_date) AS event_date, \
@@ -243,7 +257,7 @@ impl Store for SqliteStore {
         );
         let binds = [json!(stage), json!(due.0.to_string()), json!(due.1.to_string())];
         let mut conn = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let out = generate(&mut conn, "dunning", &source, &binds, now, dry_run).await?;
+        let out = generate(&mut conn, "dunning", &source, &binds, now, dry_run, keep).await?;
         conn.commit().await?;
         Ok(out)
     }
@@ -253,6 +267,7 @@ impl Store for SqliteStore {
         visit: (NaiveDate, NaiveDate),
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated> {
         // date(d, '+4 months') overflows into the next month (Oct 31 → Mar 3); clamp to the
         // month's last day as PostgreSQL does (Oct 31 → Feb 28).
@@ -272,7 +287,7 @@ impl Store for SqliteStore {
         );
         let binds = [json!(visit.0.to_string()), json!(visit.1.to_string())];
         let mut conn = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let out = generate(&mut conn, "maintenance", &source, &binds, now, dry_run).await?;
+        let out = generate(&mut conn, "maintenance", &source, &binds, now, dry_run, keep).await?;
         conn.commit().await?;
         Ok(out)
     }
@@ -313,6 +328,7 @@ impl Store for SqliteStore {
         advances: &[ScheduledAdvance],
         now: DateTime<Utc>,
         dry_run: bool,
+        keep: usize,
     ) -> Result<Generated> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut won: Vec<&ScheduledAdvance> = advances.iter().collect();
@@ -349,7 +365,7 @@ impl Store for SqliteStore {
              JOIN scheduled_messages s ON s.id = d.id \
              LEFT JOIN contacts c ON c.id = s.contact_id";
         let binds = [json!(serde_json::Value::Array(batch).to_string())];
-        let mut out = generate(&mut tx, "scheduled", source, &binds, now, dry_run).await?;
+        let mut out = generate(&mut tx, "scheduled", source, &binds, now, dry_run, keep).await?;
         tx.commit().await?;
         out.found = advances.len() as u64;
         Ok(out)
@@ -509,14 +525,14 @@ impl Store for SqliteStore {
             // The same reminder on the contact's next channel; the row just written keeps its
             // rendered body, so dunning and maintenance texts are rendered afresh.
             sqlx::query(
-                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
                      contact_id, channel, body, media_url, status, next_attempt_at, created_at) \
-                 SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, m.contact_id, \
-                     f.value ->> 'channel', \
+                 SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, 'fallback', \
+                     m.contact_id, f.value ->> 'channel', \
                      CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL ELSE m.body END, \
                      m.media_url, 'pending', f.value ->> 'at', f.value ->> 'at' \
                  FROM json_each(?1) f JOIN messages m ON m.id = f.value ->> 'id' \
-                 WHERE true ON CONFLICT (dedup_key, channel) DO NOTHING",
+                 WHERE true ON CONFLICT DO NOTHING",
             )
             .bind(serde_json::Value::Array(fallbacks).to_string())
             .execute(&mut *tx)
@@ -651,9 +667,9 @@ impl Store for SqliteStore {
         let mut ids = Vec::new();
         for r in rows {
             let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
+                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
                      contact_id, channel, recipient, body, status, next_attempt_at, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', ?10, ?10) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'manual', ?6, ?7, ?8, ?9, 'pending', ?10, ?10) \
                  ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
             )
             .bind(r.kind)

@@ -227,6 +227,7 @@ async fn lost_lease_body(db: &TestDb) {
             (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7)),
             t0,
             false,
+            10,
         )
         .await
         .expect("generate");

@@ -91,3 +91,20 @@ async fn no_address_body(db: &TestDb) {
     );
     assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'skipped'").await, 2);
 }
+
+both!(changing_the_preferred_channel_does_not_send_a_reminder_again, preference_change_body);
+async fn preference_change_body(db: &TestDb) {
+    db.exec(
+        "INSERT INTO contacts (name, phone, email, channels) \
+         VALUES ('Budi', '081234567890', 'budi@example.com', 'whatsapp')",
+    )
+    .await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    assert_eq!(count(&run_at(db, "2025-11-17T09:00:00+07:00", &LOG_CHANNELS).await, "sent"), 1);
+    db.exec("UPDATE contacts SET channels = 'email,whatsapp'").await;
+    let doc = run_at(db, "2025-11-17T10:00:00+07:00", &LOG_CHANNELS).await;
+    assert_eq!(count(&doc, "generated"), 0, "T-3 was already sent on WhatsApp: {doc}");
+    // The next stage follows the new preference.
+    let doc = run_at(db, "2025-11-19T09:00:00+07:00", &LOG_CHANNELS).await;
+    assert_eq!(details(&doc).last().map(|d| d["channel"].clone()), Some(json!("email")));
+}

@@ -34,23 +34,26 @@ pub struct TwilioConfig {
 pub struct TwilioChannel {
     config: TwilioConfig,
     client: reqwest::Client,
+    /// The Messages endpoint, built once: parsing it per message showed in delivery profiles.
+    endpoint: Result<Url, DeliveryError>,
 }
 
 impl TwilioChannel {
     /// Builds the adapter; the client is shared so connection pools and timeouts are set once.
     pub fn new(config: TwilioConfig, client: reqwest::Client) -> Self {
-        Self { config, client }
+        let endpoint = Self::endpoint(&config);
+        Self { config, client, endpoint }
     }
 
-    fn endpoint(&self) -> Result<Url, DeliveryError> {
+    fn endpoint(config: &TwilioConfig) -> Result<Url, DeliveryError> {
         // Pushing segments (rather than formatting a string) percent-encodes the SID and copes
         // with a trailing slash or a path prefix in `api_base`.
         let bad_base = || DeliveryError::channel_down("the Twilio API base URL is not a valid URL");
-        let mut url = Url::parse(self.config.api_base.trim()).map_err(|_| bad_base())?;
+        let mut url = Url::parse(config.api_base.trim()).map_err(|_| bad_base())?;
         url.path_segments_mut().map_err(|()| bad_base())?.pop_if_empty().extend([
             "2010-04-01",
             "Accounts",
-            self.config.account_sid.trim(),
+            config.account_sid.trim(),
             "Messages.json",
         ]);
         Ok(url)
@@ -69,7 +72,7 @@ impl Channel for TwilioChannel {
         let from = whatsapp_address(&self.config.from).ok_or_else(|| {
             DeliveryError::channel_down("the Twilio WhatsApp sender (from) is empty")
         })?;
-        let url = self.endpoint()?;
+        let url = self.endpoint.clone()?;
 
         let mut form: Vec<(&str, &str)> =
             vec![("To", to.as_str()), ("From", from.as_str()), ("Body", message.body.as_str())];
