@@ -26,6 +26,8 @@ use crate::templates::{DunningVars, MaintenanceVars, Templates};
 const BATCH: u32 = 256;
 /// Most results written back in one statement.
 const RECORD_BATCH: usize = 512;
+/// Result writes running at once: while one commits, the next batch fills.
+const RECORD_WRITERS: usize = 2;
 /// Extra lease beyond the last slot and the request timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Detail lines kept for the human summary (all are kept for `--json`).
@@ -178,13 +180,15 @@ impl Tally {
 
 type RecordRequest = (Outcome, oneshot::Sender<()>);
 
-/// Writes results in batches: whatever has arrived while the previous write ran goes in the
-/// next one. Each sender waits for its acknowledgement before giving up its delivery slot.
+/// Writes results in batches: whatever has arrived while earlier writes ran goes in the next
+/// one, and two writes may run at once. Each sender waits for its acknowledgement before giving
+/// up its delivery slot.
 async fn recorder(
     store: Arc<dyn Store>,
     token: String,
     mut rx: mpsc::Receiver<RecordRequest>,
 ) -> (u64, u64) {
+    let mut writes: JoinSet<(u64, u64)> = JoinSet::new();
     let (mut late, mut unrecorded) = (0, 0);
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -194,43 +198,64 @@ async fn recorder(
                 Err(_) => break,
             }
         }
-        let outcomes: Vec<Outcome> = batch.iter().map(|(o, _)| o.clone()).collect();
-        let mut tries = 0;
-        loop {
-            match store.record(&token, &outcomes).await {
-                Ok(lost) => {
-                    for id in &lost {
-                        tracing::warn!(
-                            message = id,
-                            "result arrived after the lease ended and another pass took the \
-                             message; kept in delivery_attempts only"
-                        );
-                    }
-                    late += lost.len() as u64;
-                    break;
-                }
-                Err(e) if tries < 3 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, "writing results failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        error = %e,
-                        count = outcomes.len(),
-                        "could not write delivery results; these messages stay claimed and are \
-                         retried when their lease ends"
-                    );
-                    unrecorded += outcomes.len() as u64;
-                    break;
-                }
+        while writes.len() >= RECORD_WRITERS {
+            if let Some(Ok((l, u))) = writes.join_next().await {
+                late += l;
+                unrecorded += u;
             }
         }
-        for (_, ack) in batch {
-            let _ = ack.send(());
+        writes.spawn(write_batch(store.clone(), token.clone(), batch));
+    }
+    while let Some(done) = writes.join_next().await {
+        if let Ok((l, u)) = done {
+            late += l;
+            unrecorded += u;
         }
     }
     (late, unrecorded)
+}
+
+/// Writes one batch of results, retrying a failed write a few times; returns how many results
+/// were late and how many could not be written.
+async fn write_batch(
+    store: Arc<dyn Store>,
+    token: String,
+    batch: Vec<RecordRequest>,
+) -> (u64, u64) {
+    let outcomes: Vec<Outcome> = batch.iter().map(|(o, _)| o.clone()).collect();
+    let mut tries = 0;
+    let counts = loop {
+        match store.record(&token, &outcomes).await {
+            Ok(lost) => {
+                for id in &lost {
+                    tracing::warn!(
+                        message = id,
+                        "result arrived after the lease ended and another pass took the \
+                         message; kept in delivery_attempts only"
+                    );
+                }
+                break (lost.len() as u64, 0);
+            }
+            Err(e) if tries < 3 => {
+                tries += 1;
+                tracing::warn!(error = %e, "writing results failed; trying again");
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    count = outcomes.len(),
+                    "could not write delivery results; these messages stay claimed and are \
+                     retried when their lease ends"
+                );
+                break (0, outcomes.len() as u64);
+            }
+        }
+    };
+    for (_, ack) in batch {
+        let _ = ack.send(());
+    }
+    counts
 }
 
 #[derive(Clone)]
@@ -251,6 +276,14 @@ impl Recorder {
             let _ = done.await;
         }
     }
+}
+
+/// A claimed message waiting in a lane's queue for its send.
+struct Queued {
+    claimed: Claimed,
+    /// When its rate-limit slot comes (epoch ms), if the channel has a rate limit.
+    slot_ms: Option<i64>,
+    lease_until: DateTime<Utc>,
 }
 
 /// A claimed message ready for its provider.
@@ -441,8 +474,9 @@ impl Delivery<'_> {
         Ok(report)
     }
 
-    /// One channel: claim a batch inside the rate limit, start its sends, repeat until nothing
-    /// is due, the pass budget is spent, or the channel stops.
+    /// One channel: a claimer takes batches inside the rate limit while a sender starts their
+    /// sends, so the next batch is claimed while the current one goes out. Both stop when
+    /// nothing is due, the pass budget is spent, or the channel stops.
     async fn lane(
         &self,
         channel: &'static str,
@@ -452,24 +486,40 @@ impl Delivery<'_> {
         slots: &Arc<Semaphore>,
         tally: Arc<Tally>,
     ) -> Result<Arc<Tally>, StoreError> {
-        let started = self.clock.now();
-        let deadline = started + to_chrono(self.settings.pass_budget);
         // The log provider reaches nobody's phone, so no gateway needs protecting from it.
         let interval = if provider.provider() == "log" {
             None
         } else {
             self.settings.rate(channel).interval()
         };
-        let interval_ms = interval.map_or(0, |d| d.as_millis().max(1) as i64);
-        let mut tasks = JoinSet::new();
+        // One batch in the queue while the previous one is sent.
+        let (tx, rx) = mpsc::channel::<Queued>(BATCH as usize);
+        let claimer = self.claimer(channel, interval, token, recorder, &tally, tx);
+        let sender = self.sender(channel, provider, recorder, slots, &tally, rx);
+        let (claiming, ()) = tokio::join!(claimer, sender);
+        claiming?;
+        Ok(tally)
+    }
 
-        'batches: loop {
+    /// Claims batches for a lane and queues them with their send slot and lease.
+    async fn claimer(
+        &self,
+        channel: &'static str,
+        interval: Option<Duration>,
+        token: &str,
+        recorder: &Recorder,
+        tally: &Tally,
+        queue: mpsc::Sender<Queued>,
+    ) -> Result<(), StoreError> {
+        let deadline = self.clock.now() + to_chrono(self.settings.pass_budget);
+        let interval_ms = interval.map_or(0, |d| d.as_millis().max(1) as i64);
+        loop {
             let now = self.clock.now();
             if self.stop.requested() {
                 tally.pause("stopped by signal".into());
             }
             if tally.paused.load(Ordering::SeqCst) || now >= deadline {
-                break;
+                return Ok(());
             }
             if !self
                 .settings
@@ -477,7 +527,7 @@ impl Delivery<'_> {
                 .contains(now.with_timezone(&self.settings.timezone).time())
             {
                 tally.pause("the send window closed during the pass".into());
-                break;
+                return Ok(());
             }
             let grant = if interval.is_some() {
                 let want = BATCH.min(self.settings.concurrency as u32 * 4).max(1);
@@ -488,13 +538,13 @@ impl Delivery<'_> {
                     .await?
                 {
                     Some(g) => Some(g),
-                    None => break,
+                    None => return Ok(()),
                 }
             } else {
                 None
             };
-            // Without a rate limit, claim only what the delivery slots can start soon, so that no
-            // claimed message waits past its lease.
+            // Without a rate limit, claim only what the delivery slots can start soon, so that
+            // no claimed message waits past its lease.
             let unlimited = (self.settings.concurrency as u32).saturating_mul(2).clamp(1, BATCH);
             let limit = grant.map_or(unlimited, |g| g.count);
             let last_slot_wait = grant.map_or(0, |g| (g.end_ms - now.timestamp_millis()).max(0));
@@ -510,70 +560,101 @@ impl Delivery<'_> {
                 }
             }
             if claimed.is_empty() {
-                break;
+                return Ok(());
             }
-            let today = local_today(now, self.settings.timezone);
-            let mut queue = claimed.into_iter().enumerate();
-            while let Some((index, claimed)) = queue.next() {
-                let prepared = self.prepare(claimed.clone(), today, channel);
-                let job = match prepared {
-                    Prepared::Done(outcome) => {
-                        tally.count(&claimed, &outcome, false);
-                        recorder.submit(outcome).await;
-                        continue;
-                    }
-                    Prepared::Send(job) => job,
-                };
-                let permit = tokio::select! {
-                    p = slots.clone().acquire_owned() => p.ok(),
-                    () = self.stop.wait() => None,
-                };
-                if let Some(g) = grant {
-                    let slot = g.first_ms + index as i64 * interval_ms;
-                    let wait = slot - self.clock.now().timestamp_millis();
-                    if wait > 0 {
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
-                            () = self.stop.wait() => {}
-                        }
-                    }
-                }
-                if self.stop.requested() {
-                    tally.pause("stopped by signal".into());
-                }
-                // A send must be able to finish inside the lease, or another pass could take the
-                // message over while its request is still in flight.
-                let lease_left = lease_until - self.clock.now();
-                if lease_left < to_chrono(self.settings.request_timeout) {
-                    tally.pause("the lease ran short; the rest waits for the next pass".into());
-                }
-                let Some(permit) = permit.filter(|_| !tally.paused.load(Ordering::SeqCst)) else {
-                    // Give back this message and the rest of the batch, attempts returned.
-                    for claimed in std::iter::once(job.claimed).chain(queue.map(|(_, c)| c)) {
+            let mut batch = claimed.into_iter().enumerate();
+            while let Some((index, claimed)) = batch.next() {
+                let slot_ms = grant.map(|g| g.first_ms + index as i64 * interval_ms);
+                let item = Queued { claimed, slot_ms, lease_until };
+                if let Err(mpsc::error::SendError(item)) = queue.send(item).await {
+                    // The sender has stopped: this message and the rest of the batch go back.
+                    for claimed in std::iter::once(item.claimed).chain(batch.map(|(_, c)| c)) {
                         let outcome = self.released(&claimed);
                         tally.count(&claimed, &outcome, true);
                         recorder.submit(outcome).await;
                     }
-                    break 'batches;
-                };
-                let ctx = SendContext {
-                    provider: provider.clone(),
-                    recorder: recorder.clone(),
-                    tally: tally.clone(),
-                    store: self.store.clone(),
-                    clock: self.clock,
-                    max_attempts: self.settings.max_attempts,
-                };
-                tasks.spawn(async move {
-                    ctx.send(job).await;
-                    drop(permit);
-                });
-                // Reap finished sends as we go, so memory stays flat however many are sent.
-                while tasks.try_join_next().is_some() {}
+                    return Ok(());
+                }
             }
         }
+    }
+
+    /// Prepares each queued message and starts its send inside the concurrency bound, at its
+    /// rate slot, while its lease leaves time to finish.
+    async fn sender(
+        &self,
+        channel: &'static str,
+        provider: Arc<dyn Channel>,
+        recorder: &Recorder,
+        slots: &Arc<Semaphore>,
+        tally: &Arc<Tally>,
+        mut queue: mpsc::Receiver<Queued>,
+    ) {
+        let mut tasks = JoinSet::new();
+        while let Some(Queued { claimed, slot_ms, lease_until }) = queue.recv().await {
+            let now = self.clock.now();
+            let job = match self.prepare(
+                claimed.clone(),
+                local_today(now, self.settings.timezone),
+                channel,
+            ) {
+                Prepared::Done(outcome) => {
+                    tally.count(&claimed, &outcome, false);
+                    recorder.submit(outcome).await;
+                    continue;
+                }
+                Prepared::Send(job) => job,
+            };
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.ok(),
+                () = self.stop.wait() => None,
+            };
+            if let Some(slot) = slot_ms {
+                let wait = slot - self.clock.now().timestamp_millis();
+                if wait > 0 {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+                        () = self.stop.wait() => {}
+                    }
+                }
+            }
+            if self.stop.requested() {
+                tally.pause("stopped by signal".into());
+            }
+            // A send must be able to finish inside the lease, or another pass could take the
+            // message over while its request is still in flight.
+            if lease_until - self.clock.now() < to_chrono(self.settings.request_timeout) {
+                tally.pause("the lease ran short; the rest waits for the next pass".into());
+            }
+            let Some(permit) = permit.filter(|_| !tally.paused.load(Ordering::SeqCst)) else {
+                // Give back this message and everything queued, attempts returned.
+                let outcome = self.released(&job.claimed);
+                tally.count(&job.claimed, &outcome, true);
+                recorder.submit(outcome).await;
+                queue.close();
+                while let Some(rest) = queue.recv().await {
+                    let outcome = self.released(&rest.claimed);
+                    tally.count(&rest.claimed, &outcome, true);
+                    recorder.submit(outcome).await;
+                }
+                break;
+            };
+            let ctx = SendContext {
+                provider: provider.clone(),
+                recorder: recorder.clone(),
+                tally: tally.clone(),
+                store: self.store.clone(),
+                clock: self.clock,
+                max_attempts: self.settings.max_attempts,
+            };
+            tasks.spawn(async move {
+                ctx.send(job).await;
+                drop(permit);
+            });
+            // Reap finished sends as we go, so memory stays flat however many are sent.
+            while tasks.try_join_next().is_some() {}
+        }
         while tasks.join_next().await.is_some() {}
-        Ok(tally)
     }
 
     /// Re-checks a claimed message against the current data and renders it.

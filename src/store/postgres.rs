@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use tokio::sync::Mutex;
 
 use super::{
     Claimed, DemoData, DueScheduled, GenRow, Generated, NewMessage, Outcome, Preview, Result,
@@ -17,6 +18,12 @@ use super::{
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PgStore {
+    /// One connection for the pass's sequential work (migrations, generation, claims,
+    /// reports): every PostgreSQL connection costs a backend start, and the every-minute idle
+    /// tick should need only this one.
+    primary: Mutex<PgConnection>,
+    /// Connections for work that runs beside it (writing delivery results, rate slots), opened
+    /// only when used.
     pool: PgPool,
 }
 
@@ -33,12 +40,12 @@ impl PgStore {
             .application_name("reminderctl")
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
+        let primary = options.connect().await?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+            .connect_lazy_with(options);
+        Ok(Self { primary: Mutex::new(primary), pool })
     }
 
     /// The pool, for tests and benchmarks that prepare data directly.
@@ -158,12 +165,14 @@ impl Store for PgStore {
             "SELECT max(version) FROM _sqlx_migrations WHERE success \
              AND to_regclass('_sqlx_migrations') IS NOT NULL",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.primary.lock().await)
         .await
         .unwrap_or(None);
         if applied == Some(latest) {
             return Ok(());
         }
+        // First start only (the check above is the fast path): the pool's advisory lock makes
+        // concurrent first starts safe.
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
@@ -190,7 +199,7 @@ impl Store for PgStore {
             .bind(stage)
             .bind(due.0)
             .bind(due.1)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.primary.lock().await)
             .await?;
         generated(rows)
     }
@@ -216,7 +225,7 @@ impl Store for PgStore {
             .bind(now)
             .bind(visit.0)
             .bind(visit.1)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.primary.lock().await)
             .await?;
         generated(rows)
     }
@@ -236,7 +245,7 @@ impl Store for PgStore {
         .bind(now)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.primary.lock().await)
         .await?;
         rows.iter()
             .map(|r| {
@@ -257,7 +266,8 @@ impl Store for PgStore {
         dry_run: bool,
         keep: usize,
     ) -> Result<Generated> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.primary.lock().await;
+        let mut tx = conn.begin().await?;
         let mut ids: Vec<i64> = advances.iter().map(|a| a.id).collect();
         if !dry_run {
             // Compare-and-set on the run time: of two passes, only one moves the series on.
@@ -313,7 +323,7 @@ impl Store for PgStore {
              RETURNING m.id, m.kind, m.subject_id, m.stage, m.channel, m.status, \
                  m.last_error AS error"
         };
-        Ok(sqlx::query_as::<_, GenRow>(sql).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as::<_, GenRow>(sql).fetch_all(&mut *self.primary.lock().await).await?)
     }
 
     async fn reserve_slots(
@@ -397,7 +407,7 @@ impl Store for PgStore {
             .bind(limit)
             .bind(token)
             .bind(lease_until)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.primary.lock().await)
             .await?)
     }
 
@@ -505,7 +515,7 @@ impl Store for PgStore {
         .bind(channel)
         .bind(now)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.primary.lock().await)
         .await?)
     }
 
@@ -514,7 +524,7 @@ impl Store for PgStore {
             "SELECT kind, status, channel, count(*) AS count FROM messages \
              GROUP BY kind, status, channel ORDER BY kind, status, channel",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.primary.lock().await)
         .await?;
         let failures = sqlx::query_as(
             "SELECT id, kind, stage, channel, recipient, status, last_error AS error, \
@@ -525,14 +535,14 @@ impl Store for PgStore {
              ORDER BY id DESC LIMIT $1",
         )
         .bind(failures)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.primary.lock().await)
         .await?;
         let down = sqlx::query_as(
             "SELECT channel, down_reason AS reason, \
                  to_char(down_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since \
              FROM channel_state WHERE down_reason IS NOT NULL ORDER BY channel",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.primary.lock().await)
         .await?;
         let due = sqlx::query_as::<_, (String, i64)>(
             "SELECT channel, count(*) FROM messages \
@@ -540,7 +550,7 @@ impl Store for PgStore {
              GROUP BY channel ORDER BY channel",
         )
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.primary.lock().await)
         .await?;
         Ok(StatusData { counts, failures, down, due })
     }
@@ -567,7 +577,7 @@ impl Store for PgStore {
             .bind(token)
             .bind(now)
             .bind(lease_until)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.primary.lock().await)
             .await?)
     }
 
@@ -590,7 +600,7 @@ impl Store for PgStore {
             .bind(&r.recipient)
             .bind(&r.body)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.primary.lock().await)
             .await?;
             ids.extend(id);
         }
@@ -604,7 +614,8 @@ impl Store for PgStore {
         phone: &str,
         dry_run: bool,
     ) -> Result<Option<TestContact>> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.primary.lock().await;
+        let mut tx = conn.begin().await?;
         let found: Option<(i64, String)> = sqlx::query_as(
             "SELECT id, name FROM contacts WHERE lower(email) = lower($1) ORDER BY id LIMIT 1 \
              FOR UPDATE",
@@ -656,12 +667,13 @@ impl Store for PgStore {
         .bind(number)
         .bind(amount)
         .bind(due)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.primary.lock().await)
         .await?)
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.primary.lock().await;
+        let mut tx = conn.begin().await?;
         let mut counts = SeedCounts::default();
         if reset {
             let demo_contacts = "SELECT id FROM contacts WHERE demo_key IS NOT NULL";

@@ -28,10 +28,12 @@ async fn unusable_number_body(db: &TestDb) {
     assert!(whatsapp["error"].as_str().unwrap_or_default().ends_with("; falling back to telegram"));
     assert_eq!(doc["channels"][0]["fallback"], 1, "{doc}");
 
-    // The fallback goes out on the next pass, on Telegram, once.
-    let doc = run_at(db, "2025-11-17T09:01:00+07:00", &LOG_CHANNELS).await;
-    assert_eq!(count(&doc, "sent"), 1, "{doc}");
-    assert_eq!(details(&doc)[0]["channel"], "telegram");
+    // The fallback goes out on Telegram, once: in this pass if the Telegram lane is still
+    // claiming, else in the next.
+    let next = run_at(db, "2025-11-17T09:01:00+07:00", &LOG_CHANNELS).await;
+    assert_eq!(count(&doc, "sent") + count(&next, "sent"), 1, "{doc}\n{next}");
+    let telegram = db.text("SELECT status FROM messages WHERE channel = 'telegram'").await;
+    assert_eq!(telegram.as_deref(), Some("sent"));
     let doc = run_at(db, "2025-11-17T09:02:00+07:00", &LOG_CHANNELS).await;
     assert_eq!((count(&doc, "generated"), count(&doc, "sent")), (0, 0));
     assert_eq!(db.int("SELECT count(*) FROM messages").await, 2);
@@ -60,9 +62,9 @@ async fn provider_error_body(db: &TestDb) {
     let mut env = twilio_env(&server.uri());
     env.push(("MAIL_MAILER", "log".into()));
     let env = pairs(&env);
-    run_at(db, "2025-11-17T09:00:00+07:00", &env).await;
-    let doc = run_at(db, "2025-11-17T09:01:00+07:00", &env).await;
-    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    let first = run_at(db, "2025-11-17T09:00:00+07:00", &env).await;
+    let second = run_at(db, "2025-11-17T09:01:00+07:00", &env).await;
+    assert_eq!(count(&first, "sent") + count(&second, "sent"), 1, "{first}\n{second}");
     let email = db.text("SELECT status FROM messages WHERE channel = 'email'").await;
     assert_eq!(email.as_deref(), Some("sent"));
     let subject = db.text("SELECT subject FROM messages WHERE channel = 'email'").await;
@@ -75,9 +77,10 @@ both!(a_contact_with_no_usable_address_is_skipped_with_the_reason, no_address_bo
 async fn no_address_body(db: &TestDb) {
     db.exec("INSERT INTO contacts (name, channels) VALUES ('Nobody', 'whatsapp,email')").await;
     invoice(db, 1, "INV-1", "2025-11-20").await;
-    run_at(db, "2025-11-17T09:00:00+07:00", &LOG_CHANNELS).await;
-    let doc = run_at(db, "2025-11-17T09:01:00+07:00", &LOG_CHANNELS).await;
-    assert_eq!(count(&doc, "skipped"), 1, "{doc}");
+    // The email lane may take the fallback row in the same pass or in the next one.
+    let first = run_at(db, "2025-11-17T09:00:00+07:00", &LOG_CHANNELS).await;
+    let second = run_at(db, "2025-11-17T09:01:00+07:00", &LOG_CHANNELS).await;
+    assert_eq!(count(&first, "skipped") + count(&second, "skipped"), 2, "{first}\n{second}");
     let reasons = [
         db.text("SELECT last_error FROM messages WHERE channel = 'whatsapp'").await,
         db.text("SELECT last_error FROM messages WHERE channel = 'email'").await,
