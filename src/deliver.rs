@@ -28,6 +28,8 @@ const BATCH: u32 = 256;
 const RECORD_BATCH: usize = 512;
 /// Result writes running at once: while one commits, the next batch fills.
 const RECORD_WRITERS: usize = 2;
+/// How long a result write waits for more results to join it.
+const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// Extra lease beyond the last slot and the request timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// Detail lines kept for the human summary (all are kept for `--json`).
@@ -191,11 +193,14 @@ async fn recorder(
     let mut writes: JoinSet<(u64, u64)> = JoinSet::new();
     let (mut late, mut unrecorded) = (0, 0);
     while let Some(first) = rx.recv().await {
+        // Gather for a moment: a statement per result costs the database more than the
+        // results themselves, and a sender waits at most this long longer for its slot.
         let mut batch = vec![first];
+        let linger = tokio::time::Instant::now() + RECORD_LINGER;
         while batch.len() < RECORD_BATCH {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+            match tokio::time::timeout_at(linger, rx.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                Ok(None) | Err(_) => break,
             }
         }
         while writes.len() >= RECORD_WRITERS {
@@ -545,7 +550,7 @@ impl Delivery<'_> {
             };
             // Without a rate limit, claim only what the delivery slots can start soon, so that
             // no claimed message waits past its lease.
-            let unlimited = (self.settings.concurrency as u32).saturating_mul(2).clamp(1, BATCH);
+            let unlimited = (self.settings.concurrency as u32).saturating_mul(4).clamp(1, BATCH);
             let limit = grant.map_or(unlimited, |g| g.count);
             let last_slot_wait = grant.map_or(0, |g| (g.end_ms - now.timestamp_millis()).max(0));
             let lease_until = now
