@@ -39,6 +39,10 @@ pub async fn run(
         generate: None,
         deliver: None,
     };
+    // Settings that cannot work fail the pass before it writes anything.
+    let templates =
+        Templates::load(settings.template_dir.as_deref()).context("cannot load templates")?;
+    let registry = Registry::from_settings(settings).context("cannot set up the channels")?;
     // `--json` lists every message touched; the human summary shows the first few.
     let keep = if args.common.json { usize::MAX } else { crate::deliver::HUMAN_DETAILS };
     if mode != Mode::Send {
@@ -49,9 +53,6 @@ pub async fn run(
         report.generate = Some(generated);
     }
     if mode != Mode::Generate {
-        let templates =
-            Templates::load(settings.template_dir.as_deref()).context("cannot load templates")?;
-        let registry = Registry::from_settings(settings).context("cannot set up the channels")?;
         let stop = Arc::new(Stop::default());
         let signals = tokio::spawn(stop_on_signal(stop.clone()));
         let delivery = Delivery {

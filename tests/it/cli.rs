@@ -111,3 +111,18 @@ async fn secrets_body(db: &TestDb) {
     let error = db.text("SELECT last_error FROM messages WHERE channel = 'telegram'").await;
     assert!(error.unwrap_or_default().contains("connect"));
 }
+
+both!(a_broken_template_fails_the_pass_before_anything_is_written, broken_template_body);
+async fn broken_template_body(db: &TestDb) {
+    contact(db, "Budi", "081234567890", "whatsapp").await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    let dir = db.dir.path().join("templates");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("dunning_before.txt"), "Halo {% if %}").expect("write");
+    let dir = dir.display().to_string();
+    let env = [("WHATSAPP_PROVIDER", "log"), ("REMINDER_TEMPLATE_DIR", dir.as_str())];
+    let out = db.run(&["run", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("dunning_before.txt"), "the error names the file: {}", text(&out));
+    assert_eq!(db.int("SELECT count(*) FROM messages").await, 0);
+}
