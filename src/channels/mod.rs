@@ -99,6 +99,63 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Longest provider text kept in a reason.
+pub const MAX_REASON_CHARS: usize = 300;
+
+/// Removes a credential from provider text: a provider or a proxy in front of it may echo the
+/// request, and a reason is cheap to scrub and costly to leak.
+pub fn redact(text: &str, secret: Option<&crate::config::Secret>) -> String {
+    match secret.map(|s| s.expose().trim()) {
+        Some(secret) if !secret.is_empty() => text.replace(secret, "[redacted]"),
+        _ => text.to_owned(),
+    }
+}
+
+/// Provider text as one line of a reason: whitespace folded, the credential removed before the
+/// cut (so that a credential split by the cut cannot survive in part), then cut.
+pub fn clean(text: &str, secret: Option<&crate::config::Secret>) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    snippet(&redact(&one_line, secret), MAX_REASON_CHARS)
+}
+
+/// `628…` from `628…` or `+628…`; `None` unless what is left is all digits, because gateways
+/// read commas as several targets, `|` as template variables, and `@` as a chat id.
+pub fn phone_digits(raw: &str) -> Option<String> {
+    let trimmed = raw.trim();
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_owned())
+}
+
+/// A JSON field by its exact name, else in any letter case: the Indonesian gateways are not
+/// consistent (`status`/`Status`).
+pub fn field<'a>(
+    object: &'a serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    object
+        .get(name)
+        .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+}
+
+/// A credential as a header value marked sensitive (so no `Debug` shows it). `what` names it in
+/// the error: an empty or unsendable credential takes the whole channel down.
+pub fn secret_header(
+    secret: &crate::config::Secret,
+    what: &str,
+) -> Result<reqwest::header::HeaderValue, DeliveryError> {
+    let raw = secret.expose().trim();
+    if raw.is_empty() {
+        return Err(DeliveryError::channel_down(format!("no {what} is configured")));
+    }
+    let mut value = reqwest::header::HeaderValue::from_str(raw).map_err(|_| {
+        DeliveryError::channel_down(format!(
+            "the {what} contains characters that cannot go in an HTTP header"
+        ))
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 /// Keeps at most `max` characters of a provider's reply for an error message.
 pub fn snippet(text: &str, max: usize) -> String {
     let mut out: String = text.chars().take(max).collect();

@@ -12,12 +12,10 @@ use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
 
 use super::{
-    retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
+    redact, retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage,
+    Receipt, MAX_REASON_CHARS,
 };
 use crate::config::Secret;
-
-/// Telegram descriptions are one line; anything longer is not Telegram talking.
-const MAX_REASON_CHARS: usize = 300;
 
 /// Credentials and endpoint for the Telegram Bot API.
 #[derive(Debug, Clone)]
@@ -221,16 +219,6 @@ impl TelegramReply {
     }
 }
 
-/// Removes the token from provider text: a proxy in front of the API may echo the request path.
-fn scrub(text: &str, token: &Secret) -> String {
-    let secret = token.expose().trim();
-    if secret.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(secret, "[redacted]")
-    }
-}
-
 /// Keys on HTTP status plus description substrings, as Telegram warns `error_code` may change.
 fn classify(
     status: StatusCode,
@@ -253,7 +241,7 @@ fn classify(
     // `ok: false` inside a 2xx is not documented; its error_code is then the best status we have.
     let code = if status.is_success() { reply.error_code.unwrap_or(500) } else { status.as_u16() };
     let description =
-        reply.description.as_deref().map(|d| scrub(&snippet(d, MAX_REASON_CHARS), token));
+        reply.description.as_deref().map(|d| redact(&snippet(d, MAX_REASON_CHARS), Some(token)));
     let detail = match &description {
         Some(d) => format!("Telegram answered HTTP {code}: {d}"),
         None => format!("Telegram answered HTTP {code}"),

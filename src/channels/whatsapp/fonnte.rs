@@ -10,15 +10,13 @@
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::channels::{
-    retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
+    clean, field, phone_digits, retry_after, secret_header, transport_error, Channel,
+    DeliveryError, OutboundMessage, Receipt,
 };
 use crate::config::Secret;
-
-/// Fonnte's reasons are a few words; anything longer is not Fonnte talking.
-const MAX_REASON_CHARS: usize = 300;
 
 /// Fonnte rewrites a leading `0` to this; our numbers are already international, so it is a
 /// no-op kept explicit rather than relying on Fonnte's default.
@@ -54,19 +52,9 @@ impl FonnteChannel {
         Ok(url)
     }
 
-    /// The raw token (Fonnte wants no `Bearer`), marked sensitive so no `Debug` shows it.
+    /// The raw token (Fonnte wants no `Bearer`).
     fn authorization(&self) -> Result<HeaderValue, DeliveryError> {
-        let token = self.config.token.expose().trim();
-        if token.is_empty() {
-            return Err(DeliveryError::channel_down("no Fonnte device token is configured"));
-        }
-        let mut value = HeaderValue::from_str(token).map_err(|_| {
-            DeliveryError::channel_down(
-                "the Fonnte token contains characters that cannot go in an HTTP header",
-            )
-        })?;
-        value.set_sensitive(true);
-        Ok(value)
+        secret_header(&self.config.token, "Fonnte device token")
     }
 }
 
@@ -121,27 +109,12 @@ impl Channel for FonnteChannel {
                 None => Err(DeliveryError::transient(format!(
                     "Fonnte answered HTTP {} without a status: {}",
                     status.as_u16(),
-                    clean(&body, token)
+                    clean(&body, Some(token))
                 ))),
             };
         }
         Err(classify(status, &headers, &body, token))
     }
-}
-
-/// `628…` from `628…` or `+628…`; `None` unless what is left is all digits, because Fonnte reads
-/// commas as several targets and `|` as template variables.
-fn phone_digits(raw: &str) -> Option<String> {
-    let trimmed = raw.trim();
-    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_owned())
-}
-
-/// Fonnte's capitalization is inconsistent (`status`/`Status`): exact key first, then any case.
-fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object
-        .get(name)
-        .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 /// The parts of Fonnte's JSON reply that decide the outcome.
@@ -193,21 +166,11 @@ impl FonnteReply {
     }
 }
 
-/// Never trust a provider not to echo the token; a reason is cheap to scrub and costly to leak.
-/// Scrubbing happens before cutting so a token split by the cut cannot survive in part.
-fn clean(text: &str, token: &Secret) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let secret = token.expose().trim();
-    let scrubbed =
-        if secret.is_empty() { one_line } else { one_line.replace(secret, "[redacted]") };
-    snippet(&scrubbed, MAX_REASON_CHARS)
-}
-
 /// Maps Fonnte's `reason` to a class by case-insensitive substring, since the exact strings are
 /// undocumented and drift (`providers.md` §8).
 fn classify_reason(reason: &str, token: &Secret) -> DeliveryError {
     let lower = reason.to_lowercase();
-    let said = clean(reason, token);
+    let said = clean(reason, Some(token));
     let has = |needle: &str| lower.contains(needle);
 
     // Device state is checked first: "request invalid on disconnected device" also says invalid.
@@ -245,10 +208,10 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str, token: &Secret)
     let reply = FonnteReply::parse(body);
     let detail = match &reply.reason {
         Some(reason) => {
-            format!("Fonnte answered HTTP {}: {}", status.as_u16(), clean(reason, token))
+            format!("Fonnte answered HTTP {}: {}", status.as_u16(), clean(reason, Some(token)))
         }
         None if body.trim().is_empty() => format!("Fonnte answered HTTP {}", status.as_u16()),
-        None => format!("Fonnte answered HTTP {}: {}", status.as_u16(), clean(body, token)),
+        None => format!("Fonnte answered HTTP {}: {}", status.as_u16(), clean(body, Some(token))),
     };
     match status.as_u16() {
         429 => DeliveryError::RateLimited { reason: detail, retry_after: retry_after(headers) },

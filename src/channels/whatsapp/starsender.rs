@@ -13,15 +13,13 @@
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::channels::{
-    retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
+    clean, field, phone_digits, retry_after, secret_header, transport_error, Channel,
+    DeliveryError, OutboundMessage, Receipt,
 };
 use crate::config::Secret;
-
-/// Starsender's messages are short; anything longer is not Starsender talking.
-const MAX_REASON_CHARS: usize = 300;
 
 /// Credentials and endpoint for Starsender's V3 API.
 #[derive(Debug, Clone)]
@@ -54,19 +52,9 @@ impl StarsenderChannel {
         Ok(url)
     }
 
-    /// The raw key (no `Bearer`), marked sensitive so no `Debug` shows it.
+    /// The raw key (no `Bearer`).
     fn authorization(&self) -> Result<HeaderValue, DeliveryError> {
-        let key = self.config.api_key.expose().trim();
-        if key.is_empty() {
-            return Err(DeliveryError::channel_down("no Starsender device API key is configured"));
-        }
-        let mut value = HeaderValue::from_str(key).map_err(|_| {
-            DeliveryError::channel_down(
-                "the Starsender API key contains characters that cannot go in an HTTP header",
-            )
-        })?;
-        value.set_sensitive(true);
-        Ok(value)
+        secret_header(&self.config.api_key, "Starsender device API key")
     }
 }
 
@@ -119,21 +107,6 @@ impl Channel for StarsenderChannel {
     }
 }
 
-/// `628…` from `628…` or `+628…`; `None` unless what is left is all digits, so a formatted or
-/// multi-number recipient is refused here rather than guessed at by the gateway.
-fn phone_digits(raw: &str) -> Option<String> {
-    let trimmed = raw.trim();
-    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_owned())
-}
-
-/// The key's exact spelling first, then any case: the schema is unverified.
-fn field<'a>(object: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    object
-        .get(name)
-        .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
-}
-
 /// The parts of Starsender's JSON reply that decide the outcome.
 struct StarsenderReply {
     /// `success`, or the legacy (v2) `status` flag when `success` is absent.
@@ -181,16 +154,6 @@ fn message_id(data: &Value) -> Option<String> {
     })
 }
 
-/// Never trust a provider not to echo the key; a reason is cheap to scrub and costly to leak.
-/// Scrubbing happens before cutting so a key split by the cut cannot survive in part.
-fn clean(text: &str, key: &Secret) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let secret = key.expose().trim();
-    let scrubbed =
-        if secret.is_empty() { one_line } else { one_line.replace(secret, "[redacted]") };
-    snippet(&scrubbed, MAX_REASON_CHARS)
-}
-
 /// Maps every reply that is not a 2xx with `success: true` to a [`DeliveryError`]: the HTTP
 /// status where it is unambiguous, Starsender's `message` otherwise.
 fn classify(
@@ -202,7 +165,7 @@ fn classify(
 ) -> DeliveryError {
     // Starsender's `message` when it gave one, else a snippet of whatever answered.
     let said = reply.message.as_deref().unwrap_or(body);
-    let detail = match clean(said, key) {
+    let detail = match clean(said, Some(key)) {
         said if said.is_empty() => format!("Starsender answered HTTP {}", status.as_u16()),
         said => format!("Starsender answered HTTP {}: {said}", status.as_u16()),
     };

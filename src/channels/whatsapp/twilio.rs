@@ -10,12 +10,10 @@ use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
 use crate::channels::{
-    retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
+    redact, retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage,
+    Receipt, MAX_REASON_CHARS,
 };
 use crate::config::Secret;
-
-/// Twilio's messages are short; longer `message` fields are cut so one reason stays one log line.
-const MAX_REASON_CHARS: usize = 300;
 
 /// Credentials and addresses for the Twilio 2010-04-01 Messages API.
 #[derive(Debug, Clone)]
@@ -160,19 +158,9 @@ impl TwilioError {
         };
         if let Some(message) = &self.message {
             out.push_str(": ");
-            out.push_str(&scrub(&snippet(message, MAX_REASON_CHARS), token));
+            out.push_str(&redact(&snippet(message, MAX_REASON_CHARS), Some(token)));
         }
         out
-    }
-}
-
-/// Twilio never echoes the token, but a reason is cheap to scrub and costly to leak.
-fn scrub(text: &str, token: &Secret) -> String {
-    let secret = token.expose();
-    if secret.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(secret, "[redacted]")
     }
 }
 

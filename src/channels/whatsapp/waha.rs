@@ -13,12 +13,10 @@ use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::{json, Value};
 
 use crate::channels::{
-    retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage, Receipt,
+    clean, phone_digits, retry_after, snippet, transport_error, Channel, DeliveryError,
+    OutboundMessage, Receipt,
 };
 use crate::config::Secret;
-
-/// WAHA's messages are one line; an engine stack trace is cut so one reason stays one log line.
-const MAX_REASON_CHARS: usize = 300;
 
 /// A session status is one short word; anything longer is not WAHA talking.
 const MAX_STATUS_CHARS: usize = 40;
@@ -147,7 +145,7 @@ impl Channel for WahaChannel {
     }
 
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, DeliveryError> {
-        let phone = phone_digits(&message.recipient).ok_or_else(|| {
+        let phone = chat_digits(&message.recipient).ok_or_else(|| {
             DeliveryError::permanent(
                 "the WhatsApp recipient is not a phone number in international digits",
             )
@@ -193,13 +191,11 @@ impl Channel for WahaChannel {
     }
 }
 
-/// `628…` from `628…`, `+628…` or `628…@c.us`; `None` unless what is left is all digits, so a
-/// stray group id or a formatted number never becomes a chat id.
-fn phone_digits(raw: &str) -> Option<String> {
+/// `628…` from `628…`, `+628…` or `628…@c.us`, so a stray group id or a formatted number never
+/// becomes a chat id.
+fn chat_digits(raw: &str) -> Option<String> {
     let trimmed = raw.trim();
-    let bare = trimmed.strip_suffix("@c.us").unwrap_or(trimmed);
-    let digits = bare.strip_prefix('+').unwrap_or(bare);
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.to_owned())
+    phone_digits(trimmed.strip_suffix("@c.us").unwrap_or(trimmed))
 }
 
 fn number_exists(body: &str) -> Option<bool> {
@@ -216,17 +212,6 @@ fn message_id(body: &str) -> Option<String> {
         .map(str::trim)
         .find(|id| !id.is_empty())
         .map(str::to_owned)
-}
-
-/// Never trust a provider not to echo a header back; a reason is cheap to scrub and costly to
-/// leak. Scrubbing happens before cutting so a key split by the cut cannot survive in part.
-fn clean(text: &str, key: Option<&Secret>) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let scrubbed = match key.map(|k| k.expose().trim()) {
-        Some(secret) if !secret.is_empty() => one_line.replace(secret, "[redacted]"),
-        _ => one_line,
-    };
-    snippet(&scrubbed, MAX_REASON_CHARS)
 }
 
 /// WAHA's own words from an error body: the engine's `exception.message` (500), the `NestJS`
@@ -579,13 +564,13 @@ mod tests {
 
     #[test]
     fn recipients_become_bare_digits_or_nothing() {
-        assert_eq!(phone_digits("6281234567890").as_deref(), Some("6281234567890"));
-        assert_eq!(phone_digits(" +6281234567890 ").as_deref(), Some("6281234567890"));
-        assert_eq!(phone_digits("6281234567890@c.us").as_deref(), Some("6281234567890"));
-        assert_eq!(phone_digits("120363@g.us"), None);
-        assert_eq!(phone_digits("0812-3456"), None);
-        assert_eq!(phone_digits("+"), None);
-        assert_eq!(phone_digits(""), None);
+        assert_eq!(chat_digits("6281234567890").as_deref(), Some("6281234567890"));
+        assert_eq!(chat_digits(" +6281234567890 ").as_deref(), Some("6281234567890"));
+        assert_eq!(chat_digits("6281234567890@c.us").as_deref(), Some("6281234567890"));
+        assert_eq!(chat_digits("120363@g.us"), None);
+        assert_eq!(chat_digits("0812-3456"), None);
+        assert_eq!(chat_digits("+"), None);
+        assert_eq!(chat_digits(""), None);
     }
 
     #[tokio::test]
