@@ -402,10 +402,11 @@ fn shown(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+
     use std::time::Instant;
 
     use super::*;
+    use crate::channels::test_support::closed_port;
 
     const PASSWORD: &str = "smtp-pass-7c1e9b2a";
 
@@ -430,13 +431,6 @@ mod tests {
             body: "Tagihan Rp 150.000 jatuh tempo 5 Mei".to_owned(),
             media_url: None,
         }
-    }
-
-    fn closed_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        drop(listener);
-        port
     }
 
     fn formatted(channel: &SmtpChannel, message: &OutboundMessage) -> (String, String) {

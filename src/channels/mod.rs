@@ -11,6 +11,8 @@ use async_trait::async_trait;
 pub mod email;
 pub mod log;
 pub mod telegram;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod whatsapp;
 
 pub use whatsapp::twilio;

@@ -289,7 +289,7 @@ fn classify(
 #[cfg(test)]
 mod tests {
     use std::io;
-    use std::net::TcpListener;
+
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -297,14 +297,10 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::channels::test_support::{client, closed_port};
 
     const TOKEN: &str = "7654321:AAE-distinctive_TOKEN-zq81x";
     const SEND_PATH: &str = "/bot7654321:AAE-distinctive_TOKEN-zq81x/sendMessage";
-
-    fn client() -> reqwest::Client {
-        // No system proxy: every request in these tests must stay on loopback.
-        reqwest::Client::builder().no_proxy().build().expect("test client builds")
-    }
 
     fn channel(api_base: &str) -> TelegramChannel {
         TelegramChannel::new(
@@ -336,13 +332,6 @@ mod tests {
             "error_code": status,
             "description": description,
         }))
-    }
-
-    fn closed_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        drop(listener);
-        port
     }
 
     fn assert_no_token(err: &DeliveryError) {

@@ -207,7 +207,7 @@ fn classify_message(message: Option<&str>, headers: &HeaderMap, detail: String) 
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+
     use std::time::Duration;
 
     use serde_json::json;
@@ -215,14 +215,10 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::channels::test_support::{client, closed_port, whatsapp_message};
 
     const KEY: &str = "starsender-key-1f2e3d4c";
     const BODY: &str = "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar";
-
-    fn client() -> reqwest::Client {
-        // No system proxy: every request in these tests must stay on loopback.
-        reqwest::Client::builder().no_proxy().build().expect("test client builds")
-    }
 
     fn channel(api_base: &str) -> StarsenderChannel {
         StarsenderChannel::new(
@@ -232,20 +228,7 @@ mod tests {
     }
 
     fn message() -> OutboundMessage {
-        OutboundMessage {
-            id: 42,
-            recipient: "6281234567890".to_owned(),
-            subject: Some("ignored by WhatsApp".to_owned()),
-            body: BODY.to_owned(),
-            media_url: None,
-        }
-    }
-
-    fn closed_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        drop(listener);
-        port
+        whatsapp_message(BODY)
     }
 
     fn failure(status: u16, message: &str) -> ResponseTemplate {

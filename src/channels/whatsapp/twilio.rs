@@ -220,46 +220,20 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str, token: &Secret)
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+
     use std::time::Duration;
 
     use serde_json::json;
     use wiremock::matchers::{basic_auth, header, method, path};
-    use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
+    use crate::channels::test_support::{client, closed_port, whatsapp_message, FormIs};
 
     const SID: &str = "AC0123456789abcdef0123456789abcdef";
     const TOKEN: &str = "twilio-auth-token-9f8e7d6c";
     const MESSAGES_PATH: &str =
         "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
-
-    /// Matches a form-urlencoded body whose decoded pairs are exactly these, in any order.
-    struct FormIs(Vec<(String, String)>);
-
-    impl FormIs {
-        fn new(pairs: &[(&str, &str)]) -> Self {
-            let mut pairs: Vec<_> =
-                pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-            pairs.sort();
-            Self(pairs)
-        }
-    }
-
-    impl wiremock::Match for FormIs {
-        fn matches(&self, request: &Request) -> bool {
-            let mut got: Vec<(String, String)> = url::form_urlencoded::parse(&request.body)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            got.sort();
-            got == self.0
-        }
-    }
-
-    fn client() -> reqwest::Client {
-        // No system proxy: every request in these tests must stay on loopback.
-        reqwest::Client::builder().no_proxy().build().expect("test client builds")
-    }
 
     fn channel(api_base: &str, from: &str) -> TwilioChannel {
         TwilioChannel::new(
@@ -274,13 +248,7 @@ mod tests {
     }
 
     fn message() -> OutboundMessage {
-        OutboundMessage {
-            id: 42,
-            recipient: "6281234567890".to_owned(),
-            subject: Some("ignored by WhatsApp".to_owned()),
-            body: "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar".to_owned(),
-            media_url: None,
-        }
+        whatsapp_message("Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar")
     }
 
     async fn reply(template: ResponseTemplate) -> DeliveryError {
@@ -306,13 +274,6 @@ mod tests {
             "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
             "status": status,
         }))
-    }
-
-    fn closed_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        drop(listener);
-        port
     }
 
     #[tokio::test]

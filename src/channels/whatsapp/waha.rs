@@ -314,7 +314,7 @@ fn session_not_working(
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+
     use std::time::Duration;
 
     use serde_json::json;
@@ -322,6 +322,7 @@ mod tests {
     use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
     use super::*;
+    use crate::channels::test_support::{client, closed_port, whatsapp_message};
 
     const KEY: &str = "waha-api-key-5c4b3a29";
     const BODY: &str = "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar";
@@ -336,11 +337,6 @@ mod tests {
         fn matches(&self, request: &Request) -> bool {
             !request.headers.contains_key(self.0)
         }
-    }
-
-    fn client() -> reqwest::Client {
-        // No system proxy: every request in these tests must stay on loopback.
-        reqwest::Client::builder().no_proxy().build().expect("test client builds")
     }
 
     fn config(base_url: &str) -> WahaConfig {
@@ -361,20 +357,7 @@ mod tests {
     }
 
     fn message() -> OutboundMessage {
-        OutboundMessage {
-            id: 42,
-            recipient: "6281234567890".to_owned(),
-            subject: Some("ignored by WhatsApp".to_owned()),
-            body: BODY.to_owned(),
-            media_url: None,
-        }
-    }
-
-    fn closed_port() -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        let port = listener.local_addr().expect("local addr").port();
-        drop(listener);
-        port
+        whatsapp_message(BODY)
     }
 
     fn assert_nothing_leaked(err: &DeliveryError) {
