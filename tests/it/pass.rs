@@ -232,6 +232,19 @@ async fn bad_rows_body(db: &TestDb) {
     assert!(landline.unwrap_or_default().contains("0211234567"), "the reason names the number");
     let optout = db.text("SELECT status FROM messages WHERE subject_id = 2").await;
     assert_eq!(optout.as_deref(), Some("skipped"));
+
+    // `status` shows the latest failures with their reasons.
+    let status = db.pass(&["status", "--now", "2025-11-17T09:05:00+07:00"], &LOG_CHANNELS).await;
+    let errors: Vec<String> = status["failures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| f["error"].as_str().map(str::to_string))
+        .collect();
+    assert!(errors.iter().any(|e| e == "contact 999 not found"), "{status}");
+    assert!(errors.iter().any(|e| e.contains("0211234567")), "{status}");
+    assert!(errors.iter().any(|e| e == "contact opted out"), "{status}");
 }
 
 both!(dry_run_writes_and_sends_nothing, dry_run_body);
