@@ -106,6 +106,9 @@ pub struct Settings {
     pub pass_budget: Duration,
     /// Timeout of one provider request.
     pub request_timeout: Duration,
+    /// Where results that could not be written to the database are kept until the next pass
+    /// writes them (`REMINDER_JOURNAL_DIR`).
+    pub journal_dir: PathBuf,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:reminderctl.db";
@@ -163,6 +166,7 @@ impl Settings {
             template_dir: get("REMINDER_TEMPLATE_DIR").map(PathBuf::from),
             pass_budget: Duration::from_secs(number("REMINDER_PASS_SECONDS", 50, 1, 3600)?),
             request_timeout,
+            journal_dir: journal_dir(&get),
         })
     }
 
@@ -198,6 +202,22 @@ impl Settings {
             _ => "unknown channel",
         }
     }
+}
+
+/// `REMINDER_JOURNAL_DIR`, else the XDG state directory, else `.reminderctl` in the working
+/// directory. Not beside the SQLite file on purpose: when its disk fills, the journal must not be
+/// on the same one.
+fn journal_dir<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> PathBuf {
+    if let Some(dir) = get("REMINDER_JOURNAL_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(state) = get("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("reminderctl");
+    }
+    if let Some(home) = get("HOME") {
+        return PathBuf::from(home).join(".local/state/reminderctl");
+    }
+    PathBuf::from(".reminderctl")
 }
 
 /// Each WhatsApp provider and the variables whose presence means "this one is set up".

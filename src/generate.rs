@@ -6,8 +6,9 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use chrono_tz::Tz;
 
 use crate::config::Settings;
+use crate::domain::outbox::DedupKey;
 use crate::domain::recurrence::{next_occurrence, Recurrence};
-use crate::store::{GenRow, ScheduledAdvance, Store, StoreError};
+use crate::store::{BadValue, GenRow, ScheduledAdvance, Store, StoreError};
 
 /// Scheduled messages are read in pages of this many.
 const SCHEDULED_PAGE: i64 = 500;
@@ -38,6 +39,9 @@ pub struct GenerateReport {
     pub lines: Vec<RuleLine>,
     /// Queued dunning messages cancelled because their invoice was settled.
     pub cancelled: Vec<GenRow>,
+    /// Input rows no rule can use (an unreadable date): no message can be made for them, so
+    /// the summary and `status` name them instead.
+    pub unreadable: Vec<BadValue>,
 }
 
 impl GenerateReport {
@@ -51,7 +55,6 @@ pub fn local_today(now: DateTime<Utc>, tz: Tz) -> NaiveDate {
     now.with_timezone(&tz).date_naive()
 }
 
-/// Runs every rule once at `now`.
 /// Runs every rule once at `now`. `keep` bounds how many new rows per rule are returned for
 /// the report: all are counted, and a large pass does not hold them all in memory.
 pub async fn generate(
@@ -62,6 +65,7 @@ pub async fn generate(
     keep: usize,
 ) -> Result<GenerateReport, StoreError> {
     let today = local_today(now, settings.timezone);
+    let scan = store.scan_inputs().await?;
     let mut report = GenerateReport {
         cancelled: store.cancel_settled(now, dry_run).await?,
         ..GenerateReport::default()
@@ -69,13 +73,13 @@ pub async fn generate(
 
     for stage in settings.dunning.stages() {
         let due = stage.due_range(today);
-        let out = store.generate_dunning(&stage.name, due, now, dry_run, keep).await?;
+        let out = store.generate_dunning(&stage.name, due, &scan, now, dry_run, keep).await?;
         report.lines.push(line("dunning", stage.name.clone(), Some(due), out));
     }
 
     // 0 ≤ days until the visit < 3.
     let visit = (today, today + Duration::days(2));
-    let out = store.generate_maintenance(visit, now, dry_run, keep).await?;
+    let out = store.generate_maintenance(visit, &scan, now, dry_run, keep).await?;
     report.lines.push(line("maintenance", "visit".into(), Some(visit), out));
 
     let mut scheduled = crate::store::Generated::default();
@@ -93,13 +97,14 @@ pub async fn generate(
                 ScheduledAdvance {
                     id: d.id,
                     run_at: d.run_at,
+                    stored_run_at: d.stored_run_at.clone(),
                     next_run_at: next_occurrence(
                         d.scheduled_at,
                         recurrence,
                         now,
                         settings.timezone,
                     ),
-                    dedup_key: format!("scheduled:{}:{}", d.id, d.run_at.timestamp()),
+                    dedup_key: DedupKey::scheduled(d.id, d.run_at),
                     stage: match recurrence {
                         Recurrence::None => "once".to_string(),
                         other => other.as_str().to_string(),
@@ -114,6 +119,16 @@ pub async fn generate(
         }
     }
     report.lines.push(line("scheduled", "due".into(), None, scheduled));
+    for bad in &scan.bad {
+        tracing::warn!(
+            table = bad.table,
+            id = bad.id,
+            column = bad.column,
+            problem = %bad.problem,
+            "an input row cannot be read; no reminder can be made for it"
+        );
+    }
+    report.unreadable = scan.bad;
     Ok(report)
 }
 

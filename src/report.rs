@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{json, Value};
 
-use crate::deliver::{DeliveryReport, Detail};
 use crate::generate::GenerateReport;
 use crate::store::{GenRow, SeedCounts, StatusData};
 
@@ -18,6 +17,8 @@ pub struct Totals {
     pub sent: u64,
     pub failed: u64,
     pub retried: u64,
+    /// Sent back to wait because the provider asked (rate limit) or the channel is down.
+    pub deferred: u64,
     pub cancelled: u64,
     pub skipped: u64,
 }
@@ -43,6 +44,7 @@ fn gen_detail(row: &GenRow) -> Detail {
         recipient: None,
         status: row.status.clone(),
         error: row.error.clone(),
+        provider_message_id: None,
     }
 }
 
@@ -62,6 +64,7 @@ impl PassReport {
                 t.sent += c.sent;
                 t.failed += c.failed;
                 t.retried += c.retried;
+                t.deferred += c.deferred;
                 t.cancelled += c.cancelled;
                 t.skipped += c.skipped;
             }
@@ -93,12 +96,18 @@ impl PassReport {
             "sent": t.sent,
             "failed": t.failed,
             "retried": t.retried,
+            "deferred": t.deferred,
             "cancelled": t.cancelled,
             "skipped": t.skipped,
             "rules": self.generate.as_ref().map(|g| &g.lines),
+            "unreadable": self.generate.as_ref().map(|g| &g.unreadable),
             "channels": self.deliver.as_ref().map(|d| &d.channels),
             "send_window": self.deliver.as_ref().and_then(|d| d.window_closed.clone()),
             "late_results": self.deliver.as_ref().map_or(0, |d| d.late),
+            "unrecorded_results": self.deliver.as_ref().map_or(0, |d| d.unrecorded),
+            "journaled_results": self.deliver.as_ref().map_or(0, |d| d.journaled),
+            "replayed_results": self.deliver.as_ref().map_or(0, |d| d.replayed),
+            "halted": self.deliver.as_ref().and_then(|d| d.halted.clone()),
             "details": self.details(),
         })
     }
@@ -144,6 +153,16 @@ impl PassReport {
                     g.cancelled.len()
                 );
             }
+            if !g.unreadable.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {} input row(s) cannot be read, so no reminder can be made for them:",
+                    g.unreadable.len()
+                );
+                for bad in g.unreadable.iter().take(crate::deliver::HUMAN_DETAILS) {
+                    let _ = writeln!(out, "    {bad}");
+                }
+            }
         }
         if let Some(d) = &self.deliver {
             let _ = writeln!(out, "\nDeliver");
@@ -162,6 +181,7 @@ impl PassReport {
                     format!("sent {}", c.sent),
                     format!("failed {}", c.failed),
                     format!("retried {}", c.retried),
+                    format!("deferred {}", c.deferred),
                     format!("cancelled {}", c.cancelled),
                     format!("skipped {}", c.skipped),
                 ];
@@ -183,10 +203,29 @@ impl PassReport {
             if d.late > 0 {
                 let _ = writeln!(out, "  {} result(s) arrived after their lease ended", d.late);
             }
-            if d.unrecorded > 0 {
+            if d.replayed > 0 {
                 let _ = writeln!(
                     out,
-                    "  {} result(s) could not be written; they are retried when their lease ends",
+                    "  wrote {} result(s) an earlier pass could not store (from the journal)",
+                    d.replayed
+                );
+            }
+            if let Some(why) = &d.halted {
+                let _ = writeln!(out, "  STOPPED SENDING: {why}");
+            }
+            if d.unrecorded > 0 {
+                let kept = if d.journaled == d.unrecorded {
+                    "all kept in the local journal; the next pass writes them before it sends"
+                        .to_string()
+                } else {
+                    format!(
+                        "{} kept in the local journal; the rest come back when their lease                          ends and may be sent again",
+                        d.journaled
+                    )
+                };
+                let _ = writeln!(
+                    out,
+                    "  {} result(s) could not be written to the database: {kept}",
                     d.unrecorded
                 );
             }
@@ -225,8 +264,9 @@ impl PassReport {
         let t = self.totals();
         let _ = writeln!(
             out,
-            "\nTotal: generated {}, sent {}, failed {}, retried {}, cancelled {}, skipped {}",
-            t.generated, t.sent, t.failed, t.retried, t.cancelled, t.skipped
+            "\nTotal: generated {}, sent {}, failed {}, retried {}, deferred {}, cancelled {}, \
+             skipped {}",
+            t.generated, t.sent, t.failed, t.retried, t.deferred, t.cancelled, t.skipped
         );
         out
     }
@@ -258,7 +298,9 @@ impl StatusReport {
                     "channel": c,
                     "provider": p.as_ref().ok(),
                     "not_configured": p.as_ref().err(),
-                    "down": down.map(|d| json!({"reason": d.reason, "since": d.since})),
+                    "down": down.map(|d| json!({"reason": d.reason, "since": d.since.to_rfc3339()})),
+                    "rate_limit_wait_seconds": self.data.slots.iter().find(|s| &s.channel == c)
+                        .map(|s| s.next_free_in.as_secs_f64()),
                     "due": self.data.due.iter().find(|(ch, _)| ch == c).map_or(0, |(_, n)| *n),
                 })
             }).collect::<Vec<_>>(),
@@ -267,8 +309,10 @@ impl StatusReport {
             })).collect::<Vec<_>>(),
             "failures": self.data.failures.iter().map(|f| json!({
                 "id": f.id, "kind": f.kind, "stage": f.stage, "channel": f.channel,
-                "recipient": f.recipient, "status": f.status, "error": f.error, "at": f.at,
+                "recipient": f.recipient, "status": f.status, "error": f.error,
+                "at": f.at.to_rfc3339(),
             })).collect::<Vec<_>>(),
+            "unreadable": self.data.bad_inputs,
         })
     }
 
@@ -293,10 +337,26 @@ impl StatusReport {
             let due = self.data.due.iter().find(|(ch, _)| ch == c).map_or(0, |(_, n)| *n);
             let state = match (p, self.data.down.iter().find(|d| &d.channel == c)) {
                 (Err(why), _) => format!("not configured: {why}"),
-                (Ok(p), Some(d)) => format!("{p}, DOWN since {}: {}", d.since, d.reason),
+                (Ok(p), Some(d)) => format!(
+                    "{p}, DOWN since {}: {}",
+                    d.since.format("%Y-%m-%d %H:%M:%S UTC"),
+                    d.reason
+                ),
                 (Ok(p), None) => format!("{p}, ok"),
             };
-            let _ = writeln!(out, "  {c:<9} {state}; {due} due now");
+            let held = self
+                .data
+                .slots
+                .iter()
+                .find(|s| &s.channel == c && !s.next_free_in.is_zero())
+                .map(|s| {
+                    format!(
+                        "; held by the rate limit: next send slot in {:.0} s",
+                        s.next_free_in.as_secs_f64().ceil()
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {c:<9} {state}; {due} due now{held}");
         }
         let _ = writeln!(out, "\nMessages (kind, status, channel: count)");
         if self.data.counts.is_empty() {
@@ -305,6 +365,16 @@ impl StatusReport {
         for c in &self.data.counts {
             let _ = writeln!(out, "  {:<12} {:<10} {:<9} {}", c.kind, c.status, c.channel, c.count);
         }
+        if !self.data.bad_inputs.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nInput rows no reminder can be made for ({})",
+                self.data.bad_inputs.len()
+            );
+            for bad in self.data.bad_inputs.iter().take(crate::deliver::HUMAN_DETAILS) {
+                let _ = writeln!(out, "  {bad}");
+            }
+        }
         if !self.data.failures.is_empty() {
             let _ = writeln!(out, "\nLatest failures and errors");
             for f in &self.data.failures {
@@ -312,7 +382,7 @@ impl StatusReport {
                     out,
                     "  #{} {} {} {} {} {}: {}",
                     f.id,
-                    f.at,
+                    f.at.format("%Y-%m-%dT%H:%M:%SZ"),
                     f.kind,
                     f.stage.as_deref().unwrap_or(""),
                     f.channel,
@@ -347,4 +417,61 @@ pub fn emit(text: &str) {
     if !text.ends_with('\n') {
         println!();
     }
+}
+
+/// What one channel did in a delivery pass.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ChannelLine {
+    pub channel: String,
+    pub provider: Option<String>,
+    pub sent: u64,
+    pub failed: u64,
+    /// Back to `pending` after a transient error, with backoff (an attempt spent).
+    pub retried: u64,
+    /// Back to `pending` because the provider asked to wait or the channel is down (no
+    /// attempt spent).
+    pub deferred: u64,
+    pub cancelled: u64,
+    pub skipped: u64,
+    /// Claimed but given back unsent (stop requested, channel paused, window closed).
+    pub released: u64,
+    /// Failed or skipped here, and queued on the contact's next channel.
+    pub fallback: u64,
+    /// Due messages left waiting (channel not configured, window closed, rate limit).
+    pub waiting: u64,
+    /// Why the channel stopped or did not run.
+    pub note: Option<String>,
+}
+
+/// One message touched by the pass.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Detail {
+    pub id: Option<i64>,
+    pub kind: String,
+    pub stage: Option<String>,
+    pub channel: String,
+    pub provider: Option<String>,
+    pub recipient: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub provider_message_id: Option<String>,
+}
+
+/// What a delivery pass did.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryReport {
+    pub channels: Vec<ChannelLine>,
+    pub details: Vec<Detail>,
+    /// Set when the send window is closed: why nothing was sent.
+    pub window_closed: Option<String>,
+    /// Results that arrived after another pass had taken the message over.
+    pub late: u64,
+    /// Results that could not be written to the database.
+    pub unrecorded: u64,
+    /// Of those, results kept in the local journal, to be written by the next pass.
+    pub journaled: u64,
+    /// Results of an earlier pass written from the journal at the start of this one.
+    pub replayed: u64,
+    /// Why the pass stopped sending early because the database failed; the pass exits 1.
+    pub halted: Option<String>,
 }

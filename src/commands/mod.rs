@@ -55,13 +55,23 @@ pub(crate) async fn setup(
     }
     let settings = Settings::from_env(&env).context("configuration")?;
     let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
-    let store = crate::store::connect(&settings.database_url)
+    let store = crate::store::connect(&settings.database_url, settings.timezone)
         .await
         .with_context(|| format!("cannot open the {} database", scheme(&settings.database_url)))?;
     if !common.no_migrate {
         store.migrate().await.context("cannot apply database migrations")?;
     }
     Ok(Setup { settings, clock, store })
+}
+
+impl Setup {
+    /// The journal of results this database could not take.
+    pub fn journal(&self) -> crate::deliver::journal::Journal {
+        crate::deliver::journal::Journal::new(
+            self.settings.journal_dir.clone(),
+            &self.settings.database_url,
+        )
+    }
 }
 
 /// Asks before a test command sends anything. Without a terminal on stdin and without `--yes`

@@ -63,6 +63,7 @@ pub async fn run(
             clock: setup.clock,
             stop,
             all_details: args.common.json,
+            journal: Some(setup.journal()),
         };
         let delivered = if args.dry_run { delivery.preview().await } else { delivery.run().await };
         signals.abort();
@@ -73,8 +74,13 @@ pub async fn run(
     } else {
         emit(&report.to_text());
     }
+    // A pass that could not store its results did not complete: cron must hear of it.
+    if let Some(why) = report.deliver.as_ref().and_then(|d| d.halted.clone()) {
+        anyhow::bail!("the pass stopped early: {why}");
+    }
     let failed = report.totals().failed;
-    Ok(if args.strict && failed > 0 {
+    // A dry run fails nothing: what it would create failed is shown, not done.
+    Ok(if args.strict && !args.dry_run && failed > 0 {
         ExitCode::from(super::EXIT_STRICT_FAILURES)
     } else {
         ExitCode::from(super::EXIT_OK)

@@ -106,7 +106,7 @@ pub async fn run(
     let rows: Vec<NewMessage> = channels
         .iter()
         .map(|(channel, _, _)| NewMessage {
-            kind: "dunning",
+            kind: crate::domain::outbox::Kind::Dunning,
             subject_id: Some(invoice),
             stage: Some(stage.name.clone()),
             event_date: Some(due),
@@ -127,6 +127,7 @@ pub async fn run(
         clock: setup.clock,
         stop: Arc::new(Stop::default()),
         all_details: true,
+        journal: Some(setup.journal()),
     };
     let report = delivery.deliver_now(&ids).await.context("delivery failed")?;
     let all_sent =

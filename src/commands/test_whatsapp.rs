@@ -41,7 +41,7 @@ pub async fn run(
 
     let now = setup.clock.now();
     let row = NewMessage {
-        kind: "test",
+        kind: crate::domain::outbox::Kind::Test,
         subject_id: None,
         stage: None,
         event_date: None,
@@ -61,6 +61,7 @@ pub async fn run(
         clock: setup.clock,
         stop: Arc::new(Stop::default()),
         all_details: true,
+        journal: Some(setup.journal()),
     };
     let report = delivery.deliver_now(&ids).await.context("delivery failed")?;
     let detail = report.details.first();

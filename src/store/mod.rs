@@ -2,9 +2,14 @@
 //! the only place SQL lives. The same contract tests run against both backends.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+
+use crate::domain::channel::ChannelKind;
+use crate::domain::outbox::{Kind, Outcome};
 
 pub mod postgres;
 pub mod sqlite;
@@ -21,10 +26,11 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Opens the database named by `url` (`sqlite:…` or `postgres://…`).
-pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+/// Opens the database named by `url` (`sqlite:…` or `postgres://…`). `tz` is the zone in which
+/// SQLite's text dates are read (`REMINDER_TIMEZONE`).
+pub async fn connect(url: &str, tz: Tz) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+        Ok(Arc::new(sqlite::SqliteStore::connect(url, tz).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(postgres::PgStore::connect(url).await?))
     } else {
@@ -78,6 +84,8 @@ pub struct DueScheduled {
     pub scheduled_at: DateTime<Utc>,
     pub run_at: DateTime<Utc>,
     pub recurrence: String,
+    /// The run time exactly as stored, for the compare-and-set (SQLite keeps the app's text).
+    pub stored_run_at: Option<String>,
 }
 
 /// Queue one occurrence and move the series on, compare-and-set on `run_at`.
@@ -85,73 +93,165 @@ pub struct DueScheduled {
 pub struct ScheduledAdvance {
     pub id: i64,
     pub run_at: DateTime<Utc>,
+    pub stored_run_at: Option<String>,
     /// `None` ends the series (a one-off, or a bad recurrence).
     pub next_run_at: Option<DateTime<Utc>>,
     pub dedup_key: String,
     pub stage: String,
 }
 
-/// A claimed outbox row with what delivery needs to re-check and render it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Claimed {
+/// A value in an input table that no rule can use: the row is reported, never silently lost.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BadValue {
+    pub table: &'static str,
     pub id: i64,
-    pub kind: String,
+    pub column: &'static str,
+    /// The value as found, escaped and shortened.
+    pub value: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}: {}", self.table, self.id, self.column, self.problem)
+    }
+}
+
+/// Longest part of a bad value kept in a reason.
+const SHOWN_CHARS: usize = 60;
+
+impl BadValue {
+    pub fn new(
+        table: &'static str,
+        id: i64,
+        column: &'static str,
+        value: &str,
+        problem: impl Into<String>,
+    ) -> Self {
+        Self { table, id, column, value: shown(value), problem: problem.into() }
+    }
+}
+
+/// A value as an operator can read it in one line: control characters escaped, cut short.
+pub fn shown(value: &str) -> String {
+    let mut out: String = value.chars().take(SHOWN_CHARS).flat_map(char::escape_debug).collect();
+    if value.chars().count() > SHOWN_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// One input value, decoded on its own so that a bad one fails only what needs it.
+pub type Cell<T> = std::result::Result<Option<T>, BadValue>;
+
+/// Input rows whose dates the rules cannot compare in SQL, read once per pass (SQLite only:
+/// PostgreSQL's typed columns refuse such values on insert).
+#[derive(Debug, Clone, Default)]
+pub struct InputScan {
+    /// Unpaid invoices whose `due_date` carries an offset, read as a local date.
+    pub invoice_due: Vec<(i64, NaiveDate)>,
+    /// Vehicles whose visit date needed reading in Rust, as the local visit date.
+    pub vehicle_visit: Vec<(i64, NaiveDate)>,
+    /// Rows no rule can use, with the reason.
+    pub bad: Vec<BadValue>,
+}
+
+/// What a claim asks for. `now` is the business clock; the lease runs on the store's real
+/// clock (SPEC §10).
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub channel: ChannelKind,
+    pub limit: i64,
+    pub token: &'a str,
+    pub now: DateTime<Utc>,
+    pub lease: Duration,
+}
+
+/// The outbox columns of a claimed message: ours, typed.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub id: i64,
+    pub kind: Kind,
     pub subject_id: Option<i64>,
     pub stage: Option<String>,
-    pub event_date: Option<String>,
-    pub channel: String,
+    pub event_date: Option<NaiveDate>,
+    pub channel: ChannelKind,
     pub subject: Option<String>,
     pub body: Option<String>,
     pub media_url: Option<String>,
-    pub attempts: i32,
-    pub contact_id: Option<i64>,
-    pub contact_found: Option<i64>,
-    pub name: Option<String>,
-    pub phone: Option<String>,
-    pub email: Option<String>,
-    pub telegram_chat_id: Option<String>,
-    pub opted_out: Option<bool>,
-    pub invoice_number: Option<String>,
-    pub invoice_amount: Option<i64>,
-    pub invoice_due: Option<String>,
-    pub invoice_status: Option<String>,
-    pub plate_no: Option<String>,
-    /// The contact's ordered channel preference, for fallback.
-    pub channels: Option<String>,
     /// The address stored on the row (test messages are addressed when queued).
     pub recipient: Option<String>,
+    /// Requests made so far whose answer was recorded.
+    pub attempts: i32,
+    /// Passes that died holding this message (their lease ran out without a result).
+    pub expired_leases: i32,
+    pub contact_id: Option<i64>,
 }
 
-/// The result of handling one claimed message, written back in one batch with the others.
+/// The contact behind a message, as it is now.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct ContactRow {
     pub id: i64,
-    /// The attempt number this outcome belongs to (the claim's `attempts`).
-    pub attempt: i32,
-    pub channel: String,
-    /// The message's new status: `sent`, `pending`, `failed`, `cancelled` or `skipped`.
-    pub status: &'static str,
-    /// Give the claim's attempt back (rate limit, channel down, released unsent).
-    pub refund: bool,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    pub error: Option<String>,
-    pub provider: Option<&'static str>,
-    pub provider_message_id: Option<String>,
-    pub recipient: Option<String>,
-    pub subject: Option<String>,
-    pub body: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
-    /// The label kept in `delivery_attempts`; `None` keeps no history row.
-    pub history: Option<&'static str>,
-    pub at: DateTime<Utc>,
-    /// Queue the same reminder on this channel next (the contact's next preference).
-    pub fallback: Option<String>,
+    pub name: Cell<String>,
+    pub phone: Cell<String>,
+    pub email: Cell<String>,
+    pub telegram_chat_id: Cell<String>,
+    /// The ordered channel preference, for fallback.
+    pub channels: Cell<String>,
+    pub opted_out: bool,
+}
+
+/// The invoice behind a dunning message, as it is now.
+#[derive(Debug, Clone)]
+pub struct InvoiceRow {
+    pub id: i64,
+    pub number: Cell<String>,
+    pub amount: Cell<i64>,
+    pub due_date: Cell<NaiveDate>,
+    pub status: Cell<String>,
+}
+
+/// The vehicle behind a maintenance message, as it is now.
+#[derive(Debug, Clone)]
+pub struct VehicleRow {
+    pub id: i64,
+    pub plate_no: Cell<String>,
+    /// `next_visit_date`, or `last_visit_date` + 4 months.
+    pub visit_date: Cell<NaiveDate>,
+}
+
+/// A claimed message with what delivery needs to re-check and render it. A row whose own
+/// columns cannot be read carries the reason instead, and is failed rather than lost.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub row: std::result::Result<ClaimedRow, (i64, String)>,
+    pub contact: Option<ContactRow>,
+    pub invoice: Option<InvoiceRow>,
+    pub vehicle: Option<VehicleRow>,
+}
+
+impl Claimed {
+    pub fn id(&self) -> i64 {
+        match &self.row {
+            Ok(r) => r.id,
+            Err((id, _)) => *id,
+        }
+    }
+}
+
+/// What writing a batch of outcomes did.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    /// Ids whose lease was lost: their result is kept in `delivery_attempts` only, marked late.
+    pub lost: Vec<i64>,
+    /// Channels that received new fallback rows.
+    pub fallbacks: Vec<ChannelKind>,
 }
 
 /// A message queued directly rather than by a rule (`test-whatsapp`, `test-dunning`).
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    pub kind: &'static str,
+    pub kind: Kind,
     pub subject_id: Option<i64>,
     pub stage: Option<String>,
     pub event_date: Option<NaiveDate>,
@@ -170,13 +270,26 @@ pub struct TestContact {
     pub existed: bool,
 }
 
-/// Rate-limit slots reserved for one batch: `count` sends, one per interval from `first_ms`.
-#[derive(Debug, Clone, Copy)]
+/// Rate-limit slots reserved for one batch, timed on the store's real clock: the first slot
+/// comes `first_in` after the reservation, then one every `interval_ns`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotGrant {
-    pub first_ms: i64,
+    pub first_in: Duration,
     pub count: u32,
-    /// The limiter's next free slot after this grant, to give unused slots back.
-    pub end_ms: i64,
+    pub interval_ns: i64,
+    /// The limiter's next free slot after this grant (store clock, epoch ns), to give unused
+    /// slots back.
+    pub end_ns: i64,
+}
+
+impl SlotGrant {
+    /// How long after the reservation slot `index` comes.
+    pub fn offset(&self, index: u32) -> Duration {
+        self.first_in
+            + Duration::from_nanos(
+                (self.interval_ns.max(0) as u64).saturating_mul(u64::from(index)),
+            )
+    }
 }
 
 /// A due message, as a dry run shows it.
@@ -206,14 +319,23 @@ pub struct Failure {
     pub recipient: Option<String>,
     pub status: String,
     pub error: Option<String>,
-    pub at: String,
+    /// When it last changed: the latest attempt's time, else when it was generated.
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ChannelDown {
     pub channel: String,
     pub reason: String,
-    pub since: String,
+    pub since: DateTime<Utc>,
+}
+
+/// A channel's shared rate limiter, as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    pub channel: String,
+    /// How long until its next free slot (zero when free now).
+    pub next_free_in: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -223,6 +345,9 @@ pub struct StatusData {
     pub down: Vec<ChannelDown>,
     /// Pending messages whose time has come, per channel.
     pub due: Vec<(String, i64)>,
+    pub slots: Vec<SlotState>,
+    /// Input rows no rule can use.
+    pub bad_inputs: Vec<BadValue>,
 }
 
 /// Demo rows, dated by the caller (see `crate::seed`).
@@ -290,12 +415,16 @@ pub trait Store: Send + Sync {
     /// Applies pending migrations; safe when several processes start at once.
     async fn migrate(&self) -> Result<()>;
 
+    /// Input rows whose dates need reading outside SQL, and rows no rule can use.
+    async fn scan_inputs(&self) -> Result<InputScan>;
+
     /// Queues dunning stage `stage` for unpaid invoices due within `due` (inclusive), keeping
     /// up to `keep` of the new rows in the result.
     async fn generate_dunning(
         &self,
         stage: &str,
         due: (NaiveDate, NaiveDate),
+        scan: &InputScan,
         now: DateTime<Utc>,
         dry_run: bool,
         keep: usize,
@@ -305,6 +434,7 @@ pub trait Store: Send + Sync {
     async fn generate_maintenance(
         &self,
         visit: (NaiveDate, NaiveDate),
+        scan: &InputScan,
         now: DateTime<Utc>,
         dry_run: bool,
         keep: usize,
@@ -330,44 +460,34 @@ pub trait Store: Send + Sync {
     /// Cancels queued dunning messages whose invoice is paid or cancelled.
     async fn cancel_settled(&self, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<GenRow>>;
 
-    /// Reserves up to `count` send slots of `interval_ms` on `channel`, none later than
-    /// `horizon_ms`. Shared by every pass on this database.
+    /// Reserves up to `count` send slots of `interval_ns` on `channel`, none later than
+    /// `horizon` from now on the store's clock. Shared by every pass on this database.
     async fn reserve_slots(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         count: u32,
-        interval_ms: i64,
-        now_ms: i64,
-        horizon_ms: i64,
+        interval_ns: i64,
+        horizon: Duration,
     ) -> Result<Option<SlotGrant>>;
 
     /// Gives back the last `unused` slots of a grant, if nobody reserved after it.
-    async fn return_slots(
-        &self,
-        channel: &str,
-        grant: SlotGrant,
-        unused: u32,
-        interval_ms: i64,
-    ) -> Result<()>;
+    async fn return_slots(&self, channel: ChannelKind, grant: SlotGrant, unused: u32)
+        -> Result<()>;
 
-    /// Claims up to `limit` due messages of `channel` for this pass, with a lease.
-    async fn claim(
-        &self,
-        channel: &str,
-        limit: i64,
-        token: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Claimed>>;
+    /// Claims up to `limit` due messages of a channel for this pass: pending ones whose time
+    /// has come on the business clock, and ones whose lease ran out on the store's clock.
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>>;
 
-    /// Writes outcomes back, only where this pass still holds the claim. Returns the ids whose
-    /// lease was lost (their result is kept in `delivery_attempts` only, marked late).
-    async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Vec<i64>>;
+    /// Claims the given messages now, whatever their due time (the test commands).
+    async fn claim_ids(&self, ids: &[i64], token: &str, lease: Duration) -> Result<Vec<Claimed>>;
+
+    /// Writes outcomes back, only where this pass still holds the claim.
+    async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Recorded>;
 
     /// Marks a channel down (with the reason) or up (`None`).
     async fn set_channel_down(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()>;
@@ -375,22 +495,16 @@ pub trait Store: Send + Sync {
     /// Due messages of a channel, without claiming them.
     async fn preview_due(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Preview>>;
 
-    /// Counts, latest failures and channel health.
-    async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData>;
+    /// How many messages of a channel are due now.
+    async fn count_due(&self, channel: ChannelKind, now: DateTime<Utc>) -> Result<u64>;
 
-    /// Claims the given messages now, whatever their due time (the test commands).
-    async fn claim_ids(
-        &self,
-        ids: &[i64],
-        token: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Claimed>>;
+    /// Counts, latest failures, channel health and rate limiters.
+    async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData>;
 
     /// Inserts messages (`ON CONFLICT DO NOTHING`) and returns the new ids.
     async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>>;
@@ -418,38 +532,117 @@ pub trait Store: Send + Sync {
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts>;
 }
 
-/// Carves a grant out of the limiter's state: slots start at the later of its next free slot
-/// and now, one per interval, and none lies past the horizon.
+/// Carves a grant out of the limiter's state (store clock, epoch ns): slots start at the later
+/// of its next free slot and now, one per interval, and none lies past the horizon.
 pub(crate) fn slots(
-    next_ms: i64,
+    next_ns: i64,
     count: u32,
-    interval_ms: i64,
-    now_ms: i64,
-    horizon_ms: i64,
+    interval_ns: i64,
+    now_ns: i64,
+    horizon: Duration,
 ) -> Option<SlotGrant> {
-    let first_ms = next_ms.max(now_ms);
-    if count == 0 || interval_ms <= 0 || first_ms > horizon_ms {
+    let first_ns = next_ns.max(now_ns);
+    let horizon_ns = now_ns.saturating_add(i64::try_from(horizon.as_nanos()).unwrap_or(i64::MAX));
+    if count == 0 || interval_ns <= 0 || first_ns > horizon_ns {
         return None;
     }
-    let room = (horizon_ms - first_ms) / interval_ms + 1;
+    let room = (horizon_ns - first_ns) / interval_ns + 1;
     let count = i64::from(count).min(room) as u32;
-    Some(SlotGrant { first_ms, count, end_ms: first_ms + i64::from(count) * interval_ms })
+    Some(SlotGrant {
+        first_in: Duration::from_nanos((first_ns - now_ns) as u64),
+        count,
+        interval_ns,
+        end_ns: first_ns.saturating_add(i64::from(count).saturating_mul(interval_ns)),
+    })
+}
+
+/// One outcome as the columns a result write sets: the same mapping for both backends.
+#[derive(Debug, Clone)]
+pub(crate) struct Written<'a> {
+    pub id: i64,
+    pub status: &'static str,
+    pub attempts: i32,
+    /// The attempt number kept in history: the one this outcome answers.
+    pub attempt: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub error: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub provider_message_id: Option<&'a str>,
+    pub recipient: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub body: Option<&'a str>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub label: Option<&'static str>,
+    pub fallback: Option<&'static str>,
+    pub channel: &'static str,
+    pub at: DateTime<Utc>,
+}
+
+impl<'a> Written<'a> {
+    pub fn from(o: &'a Outcome) -> Self {
+        use crate::domain::outbox::Resolution;
+        let request = o.request.as_ref();
+        let (next_attempt_at, sent_at, provider_message_id) = match &o.resolution {
+            Resolution::Retry { at, .. } => (Some(*at), None, None),
+            Resolution::Sent { provider_message_id } => {
+                (None, Some(o.at), provider_message_id.as_deref())
+            }
+            _ => (None, None, None),
+        };
+        Self {
+            id: o.id,
+            status: o.resolution.status().as_str(),
+            attempts: o.attempts_after(),
+            attempt: o.attempts + 1,
+            next_attempt_at,
+            error: o.resolution.reason(),
+            provider: request.map(|r| r.provider.as_str()),
+            provider_message_id,
+            recipient: request.map(|r| r.recipient.as_str()),
+            subject: request.and_then(|r| r.subject.as_deref()),
+            body: request.and_then(|r| r.body.as_deref()),
+            sent_at,
+            label: o.label(),
+            fallback: o.resolution.fallback().map(ChannelKind::as_str),
+            channel: o.channel.as_str(),
+            at: o.at,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::slots;
+    use super::*;
+
+    const MS: i64 = 1_000_000;
 
     #[test]
     fn slots_start_now_when_the_limiter_is_idle() {
-        let g = slots(0, 5, 1000, 10_000, 60_000).unwrap();
-        assert_eq!((g.first_ms, g.count, g.end_ms), (10_000, 5, 15_000));
+        let g = slots(0, 5, 1000 * MS, 10_000 * MS, Duration::from_secs(50)).unwrap();
+        assert_eq!((g.first_in, g.count, g.end_ns), (Duration::ZERO, 5, 15_000 * MS));
+        assert_eq!(g.offset(2), Duration::from_secs(2));
     }
 
     #[test]
     fn slots_queue_behind_another_pass_and_stop_at_the_horizon() {
-        let g = slots(55_000, 10, 1000, 10_000, 60_000).unwrap();
-        assert_eq!((g.first_ms, g.count, g.end_ms), (55_000, 6, 61_000));
-        assert!(slots(61_000, 10, 1000, 10_000, 60_000).is_none());
+        let g = slots(55_000 * MS, 10, 1000 * MS, 10_000 * MS, Duration::from_secs(50)).unwrap();
+        assert_eq!((g.first_in, g.count, g.end_ns), (Duration::from_secs(45), 6, 61_000 * MS));
+        assert!(slots(61_000 * MS, 10, 1000 * MS, 10_000 * MS, Duration::from_secs(50)).is_none());
+    }
+
+    #[test]
+    fn sub_millisecond_slots_keep_their_exact_spacing() {
+        // 700 000 a second is one slot every 1 428 ns: never rounded to a whole millisecond.
+        let interval = 1_000_000_000 / 700_000;
+        let g = slots(0, 256, interval, 0, Duration::from_secs(50)).unwrap();
+        assert_eq!(g.count, 256);
+        assert_eq!(g.end_ns, 256 * interval);
+        assert!(g.offset(255) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn shown_values_are_one_escaped_short_line() {
+        assert_eq!(shown("a\nb\u{1b}"), "a\\nb\\u{1b}");
+        assert_eq!(shown(&"x".repeat(100)).chars().count(), SHOWN_CHARS + 1);
     }
 }

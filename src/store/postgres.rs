@@ -1,30 +1,65 @@
 //! PostgreSQL: claims with `FOR UPDATE SKIP LOCKED` inside a materialized CTE, batch writes with
 //! `UNNEST`, and migrations under sqlx's advisory lock so that concurrent starts are safe.
+//!
+//! Leases and rate-limit slots are timed by the server's clock (`now()` in the statement), so
+//! hosts whose clocks disagree share them correctly. A connection whose statement failed is
+//! dropped and opened afresh on next use: a terminated backend or a dropped database never
+//! leaves the store stuck on a dead connection.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use chrono::{DateTime, Months, NaiveDate, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
-    Claimed, DemoData, DueScheduled, GenRow, Generated, NewMessage, Outcome, Preview, Result,
-    ScheduledAdvance, SeedCounts, SlotGrant, StatusData, Store, TestContact,
+    BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
+    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, Preview, Recorded,
+    Result, ScheduledAdvance, SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError,
+    TestContact, VehicleRow, Written,
 };
+use crate::domain::channel::ChannelKind;
+use crate::domain::outbox::Outcome;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 pub struct PgStore {
+    options: PgConnectOptions,
     /// One connection for the pass's sequential work (migrations, generation, claims,
     /// reports): every PostgreSQL connection costs a backend start, and the every-minute idle
-    /// tick should need only this one.
-    primary: Mutex<PgConnection>,
+    /// tick should need only this one. `None` after a failure, until the next use reconnects.
+    primary: Mutex<Option<PgConnection>>,
     /// Connections for work that runs beside it (writing delivery results, rate slots), opened
     /// only when used.
     pool: PgPool,
+}
+
+/// The primary connection, held for one piece of work. Unless [`Primary::done`] is called, the
+/// connection is dropped with the guard: whatever failed cannot poison the next use.
+struct Primary<'a> {
+    guard: MutexGuard<'a, Option<PgConnection>>,
+    ok: bool,
+}
+
+impl Primary<'_> {
+    fn conn(&mut self) -> Result<&mut PgConnection> {
+        self.guard.as_mut().ok_or_else(|| StoreError::Other("no database connection".into()))
+    }
+
+    fn done(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for Primary<'_> {
+    fn drop(&mut self) {
+        if !self.ok {
+            *self.guard = None;
+        }
+    }
 }
 
 impl PgStore {
@@ -44,13 +79,48 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options);
-        Ok(Self { primary: Mutex::new(primary), pool })
+            .connect_lazy_with(options.clone());
+        Ok(Self { options, primary: Mutex::new(Some(primary)), pool })
     }
 
     /// The pool, for tests and benchmarks that prepare data directly.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn primary(&self) -> Result<Primary<'_>> {
+        let mut guard = self.primary.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.options.connect().await?);
+        }
+        Ok(Primary { guard, ok: false })
+    }
+
+    /// A pooled connection for one write, closed instead of returned if the write fails.
+    async fn pooled(&self) -> Result<Pooled> {
+        Ok(Pooled { conn: self.pool.acquire().await?, ok: false })
+    }
+}
+
+struct Pooled {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    ok: bool,
+}
+
+impl Pooled {
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+    fn done(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if !self.ok {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -64,8 +134,8 @@ fn is_local(host: &str) -> bool {
 }
 
 /// A contact's first preferred channel, or WhatsApp when it names none.
-const CHANNEL: &str =
-    "COALESCE(NULLIF(lower(trim(split_part(c.channels, ',', 1))), ''), 'whatsapp')";
+const CHANNEL: &str = "substr(COALESCE(NULLIF(lower(btrim(split_part(c.channels, ',', 1), \
+     E' \\t\\r\\n')), ''), 'whatsapp'), 1, 40)";
 
 /// Status and reason of a new outbox row, decided in SQL so that generation stays set-based.
 const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
@@ -74,7 +144,7 @@ const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
 const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
        'contact ' || COALESCE(CAST(s.contact_id AS TEXT), '(none)') || ' not found' \
      WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
-       'unknown channel ''' || s.channel || '''' \
+       'unknown channel ''' || s.channel || ''' in contacts.channels' \
      WHEN s.opted_out THEN 'contact opted out' END";
 
 /// Wraps a rule's candidate rows (`source`, parameters from `$2`) into one statement that
@@ -117,11 +187,10 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
     )
 }
 
-fn generated(rows: Vec<sqlx::postgres::PgRow>) -> Result<Generated> {
+fn generated(rows: Vec<PgRow>) -> Result<Generated> {
     let mut out = Generated::default();
-    let count = |row: &sqlx::postgres::PgRow, name: &str| -> Result<u64> {
-        Ok(row.try_get::<i64, _>(name)?.max(0) as u64)
-    };
+    let count =
+        |row: &PgRow, name: &str| -> Result<u64> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
     for row in rows {
         out.found = count(&row, "found")?;
         out.queued = count(&row, "queued")?;
@@ -141,16 +210,94 @@ fn generated(rows: Vec<sqlx::postgres::PgRow>) -> Result<Generated> {
     Ok(out)
 }
 
-const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, \
-    to_char(cl.event_date, 'YYYY-MM-DD') AS event_date, cl.channel, cl.subject, cl.body, \
-    cl.media_url, cl.attempts, cl.contact_id, c.id AS contact_found, c.name, c.phone, c.email, \
-    c.telegram_chat_id, (c.opted_out_at IS NOT NULL) AS opted_out, i.number AS invoice_number, \
-    i.amount AS invoice_amount, to_char(i.due_date, 'YYYY-MM-DD') AS invoice_due, \
-    i.status AS invoice_status, v.plate_no, c.channels, cl.recipient";
+/// Our columns of a claimed row, then what delivery needs from the input tables.
+const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_date, cl.channel, \
+    cl.subject, cl.body, cl.media_url, cl.recipient, cl.attempts, cl.expired_leases, \
+    cl.contact_id, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, c.channels, \
+    (c.opted_out_at IS NOT NULL) AS opted_out, i.id AS i_id, i.number, i.amount, i.due_date, \
+    i.status AS i_status, v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date";
 
 const CLAIM_JOINS: &str = "LEFT JOIN contacts c ON c.id = cl.contact_id \
     LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
     LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id";
+
+/// One typed input value; a decode failure is that row's reason, not the claim's.
+fn cell<'r, T>(row: &'r PgRow, col: &str, at: (&'static str, i64, &'static str)) -> Cell<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get::<Option<T>, _>(col)
+        .map_err(|e| BadValue::new(at.0, at.1, at.2, "?", format!("cannot be read: {e}")))
+}
+
+/// Decodes each claimed row on its own.
+fn claimed(row: &PgRow) -> Claimed {
+    let id = row.try_get::<i64, _>("id").unwrap_or(0);
+    let decoded = (|| -> std::result::Result<ClaimedRow, String> {
+        let e = |col: &'static str| move |err: sqlx::Error| format!("{col}: {err}");
+        Ok(ClaimedRow {
+            id,
+            kind: row.try_get::<String, _>("kind").map_err(e("kind"))?.parse()?,
+            subject_id: row.try_get("subject_id").map_err(e("subject_id"))?,
+            stage: row.try_get("stage").map_err(e("stage"))?,
+            event_date: row.try_get("event_date").map_err(e("event_date"))?,
+            channel: row.try_get::<String, _>("channel").map_err(e("channel"))?.parse()?,
+            subject: row.try_get("subject").map_err(e("subject"))?,
+            body: row.try_get("body").map_err(e("body"))?,
+            media_url: row.try_get("media_url").map_err(e("media_url"))?,
+            recipient: row.try_get("recipient").map_err(e("recipient"))?,
+            attempts: row.try_get("attempts").map_err(e("attempts"))?,
+            expired_leases: row.try_get("expired_leases").map_err(e("expired_leases"))?,
+            contact_id: row.try_get("contact_id").map_err(e("contact_id"))?,
+        })
+    })();
+    let contact = row.try_get::<Option<i64>, _>("c_id").ok().flatten().map(|cid| {
+        let at = |column| ("contacts", cid, column);
+        ContactRow {
+            id: cid,
+            name: cell(row, "name", at("name")),
+            phone: cell(row, "phone", at("phone")),
+            email: cell(row, "email", at("email")),
+            telegram_chat_id: cell(row, "telegram_chat_id", at("telegram_chat_id")),
+            channels: cell(row, "channels", at("channels")),
+            opted_out: row.try_get::<Option<bool>, _>("opted_out").ok().flatten().unwrap_or(false),
+        }
+    });
+    let invoice = row.try_get::<Option<i64>, _>("i_id").ok().flatten().map(|iid| {
+        let at = |column| ("invoices", iid, column);
+        InvoiceRow {
+            id: iid,
+            number: cell(row, "number", at("number")),
+            amount: cell(row, "amount", at("amount")),
+            due_date: cell(row, "due_date", at("due_date")),
+            status: cell(row, "i_status", at("status")),
+        }
+    });
+    let vehicle = row.try_get::<Option<i64>, _>("v_id").ok().flatten().map(|vid| {
+        let at = |column| ("vehicles", vid, column);
+        let next: Cell<NaiveDate> = cell(row, "next_visit_date", at("next_visit_date"));
+        let last: Cell<NaiveDate> = cell(row, "last_visit_date", at("last_visit_date"));
+        VehicleRow {
+            id: vid,
+            plate_no: cell(row, "plate_no", at("plate_no")),
+            visit_date: match next {
+                Ok(None) => last.map(|d| d.and_then(|d| d.checked_add_months(Months::new(4)))),
+                other => other,
+            },
+        }
+    });
+    Claimed {
+        row: decoded.map_err(|e| (id, format!("outbox row {id} cannot be read: {e}"))),
+        contact,
+        invoice,
+        vehicle,
+    }
+}
+
+/// Milliseconds, for `now() + $n * interval '1 millisecond'`.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 #[async_trait]
 impl Store for PgStore {
@@ -161,13 +308,15 @@ impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
         // Fast path for the every-minute tick: nothing to do when the newest migration is in.
         let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let mut p = self.primary().await?;
         let applied: Option<i64> = sqlx::query_scalar(
             "SELECT max(version) FROM _sqlx_migrations WHERE success \
              AND to_regclass('_sqlx_migrations') IS NOT NULL",
         )
-        .fetch_one(&mut *self.primary.lock().await)
+        .fetch_one(p.conn()?)
         .await
         .unwrap_or(None);
+        p.done();
         if applied == Some(latest) {
             return Ok(());
         }
@@ -177,10 +326,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn scan_inputs(&self) -> Result<InputScan> {
+        // Typed columns: PostgreSQL refused unreadable dates when the app wrote them.
+        Ok(InputScan::default())
+    }
+
     async fn generate_dunning(
         &self,
         stage: &str,
         due: (NaiveDate, NaiveDate),
+        _scan: &InputScan,
         now: DateTime<Utc>,
         dry_run: bool,
         keep: usize,
@@ -194,19 +349,22 @@ impl Store for PgStore {
              FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
              WHERE i.status = 'unpaid' AND i.due_date BETWEEN $3 AND $4"
         );
+        let mut p = self.primary().await?;
         let rows = sqlx::query(&generation_sql("dunning", &source, dry_run, keep))
             .bind(now)
             .bind(stage)
             .bind(due.0)
             .bind(due.1)
-            .fetch_all(&mut *self.primary.lock().await)
+            .fetch_all(p.conn()?)
             .await?;
+        p.done();
         generated(rows)
     }
 
     async fn generate_maintenance(
         &self,
         visit: (NaiveDate, NaiveDate),
+        _scan: &InputScan,
         now: DateTime<Utc>,
         dry_run: bool,
         keep: usize,
@@ -221,12 +379,14 @@ impl Store for PgStore {
              LEFT JOIN contacts c ON c.id = v.contact_id \
              WHERE v.visit BETWEEN $2 AND $3"
         );
+        let mut p = self.primary().await?;
         let rows = sqlx::query(&generation_sql("maintenance", &source, dry_run, keep))
             .bind(now)
             .bind(visit.0)
             .bind(visit.1)
-            .fetch_all(&mut *self.primary.lock().await)
+            .fetch_all(p.conn()?)
             .await?;
+        p.done();
         generated(rows)
     }
 
@@ -236,6 +396,7 @@ impl Store for PgStore {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<DueScheduled>> {
+        let mut p = self.primary().await?;
         let rows = sqlx::query(
             "SELECT id, scheduled_at, COALESCE(next_run_at, scheduled_at) AS run_at, recurrence \
              FROM scheduled_messages \
@@ -245,8 +406,9 @@ impl Store for PgStore {
         .bind(now)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&mut *self.primary.lock().await)
+        .fetch_all(p.conn()?)
         .await?;
+        p.done();
         rows.iter()
             .map(|r| {
                 Ok(DueScheduled {
@@ -254,6 +416,7 @@ impl Store for PgStore {
                     scheduled_at: r.try_get("scheduled_at")?,
                     run_at: r.try_get("run_at")?,
                     recurrence: r.try_get("recurrence")?,
+                    stored_run_at: None,
                 })
             })
             .collect()
@@ -266,8 +429,8 @@ impl Store for PgStore {
         dry_run: bool,
         keep: usize,
     ) -> Result<Generated> {
-        let mut conn = self.primary.lock().await;
-        let mut tx = conn.begin().await?;
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
         let mut ids: Vec<i64> = advances.iter().map(|a| a.id).collect();
         if !dry_run {
             // Compare-and-set on the run time: of two passes, only one moves the series on.
@@ -303,6 +466,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
+        p.done();
         let mut out = generated(rows)?;
         out.found = advances.len() as u64;
         Ok(out)
@@ -323,111 +487,147 @@ impl Store for PgStore {
              RETURNING m.id, m.kind, m.subject_id, m.stage, m.channel, m.status, \
                  m.last_error AS error"
         };
-        Ok(sqlx::query_as::<_, GenRow>(sql).fetch_all(&mut *self.primary.lock().await).await?)
+        let mut p = self.primary().await?;
+        let rows = sqlx::query_as::<_, GenRow>(sql).fetch_all(p.conn()?).await?;
+        p.done();
+        Ok(rows)
     }
 
     async fn reserve_slots(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         count: u32,
-        interval_ms: i64,
-        now_ms: i64,
-        horizon_ms: i64,
+        interval_ns: i64,
+        horizon: Duration,
     ) -> Result<Option<SlotGrant>> {
-        let mut tx = self.pool.begin().await?;
+        let mut c = self.pooled().await?;
+        let mut tx = c.conn().begin().await?;
         sqlx::query("INSERT INTO channel_state (channel) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(channel)
+            .bind(channel.as_str())
             .execute(&mut *tx)
             .await?;
-        let next: i64 = sqlx::query_scalar(
-            "SELECT next_slot_ms FROM channel_state WHERE channel = $1 FOR UPDATE",
+        // The server's clock, in exact integer nanoseconds (extract returns numeric).
+        let (next, now_ns): (i64, i64) = sqlx::query_as(
+            "SELECT next_slot_ns, (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint \
+             FROM channel_state WHERE channel = $1 FOR UPDATE",
         )
-        .bind(channel)
+        .bind(channel.as_str())
         .fetch_one(&mut *tx)
         .await?;
-        let Some(grant) = super::slots(next, count, interval_ms, now_ms, horizon_ms) else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        sqlx::query("UPDATE channel_state SET next_slot_ms = $2 WHERE channel = $1")
-            .bind(channel)
-            .bind(grant.end_ms)
-            .execute(&mut *tx)
-            .await?;
+        let grant = super::slots(next, count, interval_ns, now_ns, horizon);
+        if let Some(g) = grant {
+            sqlx::query("UPDATE channel_state SET next_slot_ns = $2 WHERE channel = $1")
+                .bind(channel.as_str())
+                .bind(g.end_ns)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(Some(grant))
+        c.done();
+        Ok(grant)
     }
 
     async fn return_slots(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         grant: SlotGrant,
         unused: u32,
-        interval_ms: i64,
     ) -> Result<()> {
+        let mut c = self.pooled().await?;
         sqlx::query(
-            "UPDATE channel_state SET next_slot_ms = next_slot_ms - $3 \
-             WHERE channel = $1 AND next_slot_ms = $2",
+            "UPDATE channel_state SET next_slot_ns = next_slot_ns - $3 \
+             WHERE channel = $1 AND next_slot_ns = $2",
         )
-        .bind(channel)
-        .bind(grant.end_ms)
-        .bind(i64::from(unused) * interval_ms)
-        .execute(&self.pool)
+        .bind(channel.as_str())
+        .bind(grant.end_ns)
+        .bind(i64::from(unused).saturating_mul(grant.interval_ns))
+        .execute(c.conn())
         .await?;
+        c.done();
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        channel: &str,
-        limit: i64,
-        token: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Claimed>> {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>> {
         // The due conditions are checked again in the outer UPDATE: a row locked and released
-        // by another pass between the two may no longer be due.
+        // by another pass between the two may no longer be due. Rows whose lease ran out on the
+        // server's clock come first: they are the oldest work.
         let sql = format!(
-            "WITH due AS MATERIALIZED ( \
+            "WITH expired AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND status IN ('pending', 'sending') AND next_attempt_at <= $2 \
+                 WHERE channel = $1 AND status = 'sending' AND claimed_until <= now() \
+                 ORDER BY claimed_until LIMIT $3 FOR UPDATE SKIP LOCKED \
+             ), waiting AS MATERIALIZED ( \
+                 SELECT id FROM messages \
+                 WHERE channel = $1 AND status = 'pending' AND next_attempt_at <= $2 \
                  ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED \
+             ), due AS ( \
+                 SELECT id FROM expired UNION ALL SELECT id FROM waiting LIMIT $3 \
              ), cl AS ( \
-                 UPDATE messages m SET status = 'sending', attempts = m.attempts + 1, \
-                     claimed_by = $4, claimed_until = $5, next_attempt_at = $5 \
-                 FROM due WHERE m.id = due.id AND m.status IN ('pending', 'sending') \
-                     AND m.next_attempt_at <= $2 \
+                 UPDATE messages m SET status = 'sending', claimed_by = $4, \
+                     claimed_until = now() + $5 * interval '1 millisecond', \
+                     expired_leases = m.expired_leases \
+                         + CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END \
+                 FROM due WHERE m.id = due.id \
+                     AND ((m.status = 'pending' AND m.next_attempt_at <= $2) \
+                         OR (m.status = 'sending' AND m.claimed_until <= now())) \
                  RETURNING m.* \
              ) \
              SELECT {CLAIM_CONTEXT} FROM cl {CLAIM_JOINS} ORDER BY cl.id"
         );
-        Ok(sqlx::query_as::<_, Claimed>(&sql)
-            .bind(channel)
-            .bind(now)
-            .bind(limit)
-            .bind(token)
-            .bind(lease_until)
-            .fetch_all(&mut *self.primary.lock().await)
-            .await?)
+        let mut p = self.primary().await?;
+        let rows = sqlx::query(&sql)
+            .bind(request.channel.as_str())
+            .bind(request.now)
+            .bind(request.limit)
+            .bind(request.token)
+            .bind(millis(request.lease))
+            .fetch_all(p.conn()?)
+            .await?;
+        p.done();
+        Ok(rows.iter().map(claimed).collect())
     }
 
-    async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Vec<i64>> {
+    async fn claim_ids(&self, ids: &[i64], token: &str, lease: Duration) -> Result<Vec<Claimed>> {
+        let sql = format!(
+            "WITH cl AS ( \
+                 UPDATE messages m SET status = 'sending', claimed_by = $2, \
+                     claimed_until = now() + $3 * interval '1 millisecond', \
+                     expired_leases = m.expired_leases \
+                         + CASE WHEN m.status = 'sending' THEN 1 ELSE 0 END \
+                 WHERE m.id = ANY($1) AND (m.status = 'pending' \
+                     OR (m.status = 'sending' AND m.claimed_until <= now())) \
+                 RETURNING m.* \
+             ) \
+             SELECT {CLAIM_CONTEXT} FROM cl {CLAIM_JOINS} ORDER BY cl.id"
+        );
+        let mut p = self.primary().await?;
+        let rows = sqlx::query(&sql)
+            .bind(ids)
+            .bind(token)
+            .bind(millis(lease))
+            .fetch_all(p.conn()?)
+            .await?;
+        p.done();
+        Ok(rows.iter().map(claimed).collect())
+    }
+
+    async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Recorded> {
         if outcomes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Recorded::default());
         }
-        let col =
-            |f: &dyn Fn(&Outcome) -> Option<String>| outcomes.iter().map(f).collect::<Vec<_>>();
-        let lost: Vec<i64> = sqlx::query_scalar(
+        let w: Vec<Written<'_>> = outcomes.iter().map(Written::from).collect();
+        let text = |f: &dyn Fn(&Written<'_>) -> Option<String>| w.iter().map(f).collect::<Vec<_>>();
+        let mut c = self.pooled().await?;
+        let rows = sqlx::query(
             "WITH v AS ( \
-                 SELECT * FROM UNNEST($2::bigint[], $3::int[], $4::text[], $5::text[], \
-                     $6::boolean[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], \
-                     $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[], \
+                 SELECT * FROM UNNEST($2::bigint[], $3::int[], $4::int[], $5::text[], $6::text[], \
+                     $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], \
+                     $12::text[], $13::text[], $14::timestamptz[], $15::text[], \
                      $16::timestamptz[], $17::text[]) \
-                 AS v(id, attempt, channel, status, refund, next_at, error, provider, pid, \
-                     recipient, subject, body, sent_at, history, at, fallback) \
+                 AS v(id, attempts, attempt, channel, status, next_at, error, provider, pid, \
+                     recipient, subject, body, sent_at, label, at, fallback) \
              ), upd AS ( \
-                 UPDATE messages m SET status = v.status, \
-                     attempts = CASE WHEN v.refund THEN GREATEST(m.attempts - 1, 0) ELSE m.attempts END, \
+                 UPDATE messages m SET status = v.status, attempts = v.attempts, \
                      next_attempt_at = COALESCE(v.next_at, m.next_attempt_at), \
                      last_error = v.error, \
                      provider = COALESCE(v.provider, m.provider), \
@@ -443,146 +643,195 @@ impl Store for PgStore {
                  INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
                      error, provider_message_id, claimed_by, at) \
                  SELECT v.id, v.attempt, v.channel, v.provider, \
-                     CASE WHEN upd.id IS NULL THEN 'late ' || v.history ELSE v.history END, \
+                     CASE WHEN upd.id IS NULL THEN 'late ' || v.label ELSE v.label END, \
                      v.error, v.pid, $1, v.at \
-                 FROM v LEFT JOIN upd ON upd.id = v.id WHERE v.history IS NOT NULL \
+                 FROM v LEFT JOIN upd ON upd.id = v.id WHERE v.label IS NOT NULL \
              ), fb AS ( \
                  INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
                      contact_id, channel, body, media_url, status, next_attempt_at, created_at) \
                  SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, 'fallback', \
-                     m.contact_id, v.fallback, CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL \
-                         ELSE m.body END, \
+                     m.contact_id, v.fallback, CASE WHEN m.kind IN ('dunning', 'maintenance') \
+                         THEN NULL ELSE m.body END, \
                      m.media_url, 'pending', v.at, v.at \
                  FROM v JOIN upd ON upd.id = v.id JOIN messages m ON m.id = v.id \
                  WHERE v.fallback IS NOT NULL \
                  ON CONFLICT (dedup_key, channel) DO NOTHING \
+                 RETURNING channel \
              ) \
-             SELECT v.id FROM v LEFT JOIN upd ON upd.id = v.id WHERE upd.id IS NULL",
+             SELECT v.id, NULL::text AS fallback FROM v LEFT JOIN upd ON upd.id = v.id \
+                 WHERE upd.id IS NULL \
+             UNION ALL SELECT NULL, channel FROM fb",
         )
         .bind(token)
-        .bind(outcomes.iter().map(|o| o.id).collect::<Vec<_>>())
-        .bind(outcomes.iter().map(|o| o.attempt).collect::<Vec<_>>())
-        .bind(col(&|o| Some(o.channel.clone())))
-        .bind(col(&|o| Some(o.status.to_string())))
-        .bind(outcomes.iter().map(|o| o.refund).collect::<Vec<_>>())
-        .bind(outcomes.iter().map(|o| o.next_attempt_at).collect::<Vec<_>>())
-        .bind(col(&|o| o.error.clone()))
-        .bind(col(&|o| o.provider.map(str::to_string)))
-        .bind(col(&|o| o.provider_message_id.clone()))
-        .bind(col(&|o| o.recipient.clone()))
-        .bind(col(&|o| o.subject.clone()))
-        .bind(col(&|o| o.body.clone()))
-        .bind(outcomes.iter().map(|o| o.sent_at).collect::<Vec<_>>())
-        .bind(col(&|o| o.history.map(str::to_string)))
-        .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
-        .bind(col(&|o| o.fallback.clone()))
-        .fetch_all(&self.pool)
+        .bind(w.iter().map(|o| o.id).collect::<Vec<_>>())
+        .bind(w.iter().map(|o| o.attempts).collect::<Vec<_>>())
+        .bind(w.iter().map(|o| o.attempt).collect::<Vec<_>>())
+        .bind(text(&|o| Some(o.channel.to_string())))
+        .bind(text(&|o| Some(o.status.to_string())))
+        .bind(w.iter().map(|o| o.next_attempt_at).collect::<Vec<_>>())
+        .bind(text(&|o| o.error.map(str::to_string)))
+        .bind(text(&|o| o.provider.map(str::to_string)))
+        .bind(text(&|o| o.provider_message_id.map(str::to_string)))
+        .bind(text(&|o| o.recipient.map(str::to_string)))
+        .bind(text(&|o| o.subject.map(str::to_string)))
+        .bind(text(&|o| o.body.map(str::to_string)))
+        .bind(w.iter().map(|o| o.sent_at).collect::<Vec<_>>())
+        .bind(text(&|o| o.label.map(str::to_string)))
+        .bind(w.iter().map(|o| o.at).collect::<Vec<_>>())
+        .bind(text(&|o| o.fallback.map(str::to_string)))
+        .fetch_all(c.conn())
         .await?;
-        Ok(lost)
+        c.done();
+        let mut recorded = Recorded::default();
+        for row in &rows {
+            if let Some(id) = row.try_get::<Option<i64>, _>("id")? {
+                recorded.lost.push(id);
+            } else if let Some(channel) = row.try_get::<Option<String>, _>("fallback")? {
+                recorded.fallbacks.extend(channel.parse::<ChannelKind>().ok());
+            }
+        }
+        recorded.fallbacks.sort();
+        recorded.fallbacks.dedup();
+        Ok(recorded)
     }
 
     async fn set_channel_down(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let mut c = self.pooled().await?;
         sqlx::query(
             "INSERT INTO channel_state (channel, down_reason, down_since) VALUES ($1, $2, $3) \
              ON CONFLICT (channel) DO UPDATE SET down_reason = EXCLUDED.down_reason, \
                  down_since = CASE WHEN EXCLUDED.down_reason IS NULL THEN NULL \
                      ELSE COALESCE(channel_state.down_since, EXCLUDED.down_since) END",
         )
-        .bind(channel)
+        .bind(channel.as_str())
         .bind(reason)
         .bind(reason.map(|_| now))
-        .execute(&self.pool)
+        .execute(c.conn())
         .await?;
+        c.done();
         Ok(())
     }
 
     async fn preview_due(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Preview>> {
-        Ok(sqlx::query_as::<_, Preview>(
+        let mut p = self.primary().await?;
+        let rows = sqlx::query_as::<_, Preview>(
             "SELECT id, kind, stage, channel, contact_id FROM messages \
-             WHERE channel = $1 AND status IN ('pending', 'sending') AND next_attempt_at <= $2 \
+             WHERE channel = $1 AND ((status = 'pending' AND next_attempt_at <= $2) \
+                 OR (status = 'sending' AND claimed_until <= now())) \
              ORDER BY next_attempt_at, id LIMIT $3",
         )
-        .bind(channel)
+        .bind(channel.as_str())
         .bind(now)
         .bind(limit)
-        .fetch_all(&mut *self.primary.lock().await)
-        .await?)
+        .fetch_all(p.conn()?)
+        .await?;
+        p.done();
+        Ok(rows)
+    }
+
+    async fn count_due(&self, channel: ChannelKind, now: DateTime<Utc>) -> Result<u64> {
+        let mut p = self.primary().await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM messages \
+             WHERE channel = $1 AND ((status = 'pending' AND next_attempt_at <= $2) \
+                 OR (status = 'sending' AND claimed_until <= now()))",
+        )
+        .bind(channel.as_str())
+        .bind(now)
+        .fetch_one(p.conn()?)
+        .await?;
+        p.done();
+        Ok(n.max(0) as u64)
     }
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
+        let mut p = self.primary().await?;
         let counts = sqlx::query_as(
             "SELECT kind, status, channel, count(*) AS count FROM messages \
              GROUP BY kind, status, channel ORDER BY kind, status, channel",
         )
-        .fetch_all(&mut *self.primary.lock().await)
+        .fetch_all(p.conn()?)
         .await?;
-        let failures = sqlx::query_as(
-            "SELECT id, kind, stage, channel, recipient, status, last_error AS error, \
-                 to_char(COALESCE(sent_at, next_attempt_at) AT TIME ZONE 'UTC', \
-                     'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS at \
-             FROM messages WHERE status = 'failed' \
-                 OR (status IN ('pending', 'skipped') AND last_error IS NOT NULL) \
-             ORDER BY id DESC LIMIT $1",
+        let failures = sqlx::query(
+            "SELECT m.id, m.kind, m.stage, m.channel, m.recipient, m.status, \
+                 m.last_error AS error, \
+                 COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), \
+                     m.created_at) AS at \
+             FROM messages m WHERE m.status = 'failed' \
+                 OR (m.status IN ('pending', 'skipped') AND m.last_error IS NOT NULL) \
+             ORDER BY m.id DESC LIMIT $1",
         )
         .bind(failures)
-        .fetch_all(&mut *self.primary.lock().await)
-        .await?;
-        let down = sqlx::query_as(
-            "SELECT channel, down_reason AS reason, \
-                 to_char(down_since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since \
-             FROM channel_state WHERE down_reason IS NOT NULL ORDER BY channel",
+        .fetch_all(p.conn()?)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(Failure {
+                id: r.try_get("id")?,
+                kind: r.try_get("kind")?,
+                stage: r.try_get("stage")?,
+                channel: r.try_get("channel")?,
+                recipient: r.try_get("recipient")?,
+                status: r.try_get("status")?,
+                error: r.try_get("error")?,
+                at: r.try_get("at")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+        let down = sqlx::query(
+            "SELECT channel, down_reason, down_since FROM channel_state \
+             WHERE down_reason IS NOT NULL ORDER BY channel",
         )
-        .fetch_all(&mut *self.primary.lock().await)
-        .await?;
+        .fetch_all(p.conn()?)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ChannelDown {
+                channel: r.try_get("channel")?,
+                reason: r.try_get("down_reason")?,
+                since: r.try_get::<Option<DateTime<Utc>>, _>("down_since")?.unwrap_or(now),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         let due = sqlx::query_as::<_, (String, i64)>(
             "SELECT channel, count(*) FROM messages \
-             WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1 \
+             WHERE (status = 'pending' AND next_attempt_at <= $1) \
+                 OR (status = 'sending' AND claimed_until <= now()) \
              GROUP BY channel ORDER BY channel",
         )
         .bind(now)
-        .fetch_all(&mut *self.primary.lock().await)
+        .fetch_all(p.conn()?)
         .await?;
-        Ok(StatusData { counts, failures, down, due })
-    }
-
-    async fn claim_ids(
-        &self,
-        ids: &[i64],
-        token: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Claimed>> {
-        let sql = format!(
-            "WITH cl AS ( \
-                 UPDATE messages m SET status = 'sending', attempts = m.attempts + 1, \
-                     claimed_by = $2, claimed_until = $4, next_attempt_at = $4 \
-                 WHERE m.id = ANY($1) AND (m.status = 'pending' \
-                     OR (m.status = 'sending' AND m.next_attempt_at <= $3)) \
-                 RETURNING m.* \
-             ) \
-             SELECT {CLAIM_CONTEXT} FROM cl {CLAIM_JOINS} ORDER BY cl.id"
-        );
-        Ok(sqlx::query_as::<_, Claimed>(&sql)
-            .bind(ids)
-            .bind(token)
-            .bind(now)
-            .bind(lease_until)
-            .fetch_all(&mut *self.primary.lock().await)
-            .await?)
+        let slots = sqlx::query_as::<_, (String, i64)>(
+            "SELECT channel, GREATEST(next_slot_ns \
+                 - (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint, 0) \
+             FROM channel_state ORDER BY channel",
+        )
+        .fetch_all(p.conn()?)
+        .await?
+        .into_iter()
+        .map(|(channel, wait)| SlotState {
+            channel,
+            next_free_in: Duration::from_nanos(wait.max(0) as u64),
+        })
+        .collect();
+        p.done();
+        Ok(StatusData { counts, failures, down, due, slots, bad_inputs: Vec::new() })
     }
 
     async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>> {
         let mut ids = Vec::new();
+        let mut p = self.primary().await?;
         for r in rows {
             let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
@@ -590,7 +839,7 @@ impl Store for PgStore {
                  VALUES ($1, $2, $3, $4, $5, 'manual', $6, $7, $8, $9, 'pending', $10, $10) \
                  ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
             )
-            .bind(r.kind)
+            .bind(r.kind.as_str())
             .bind(r.subject_id)
             .bind(&r.stage)
             .bind(r.event_date)
@@ -600,10 +849,11 @@ impl Store for PgStore {
             .bind(&r.recipient)
             .bind(&r.body)
             .bind(now)
-            .fetch_optional(&mut *self.primary.lock().await)
+            .fetch_optional(p.conn()?)
             .await?;
             ids.extend(id);
         }
+        p.done();
         Ok(ids)
     }
 
@@ -614,8 +864,8 @@ impl Store for PgStore {
         phone: &str,
         dry_run: bool,
     ) -> Result<Option<TestContact>> {
-        let mut conn = self.primary.lock().await;
-        let mut tx = conn.begin().await?;
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
         let found: Option<(i64, String)> = sqlx::query_as(
             "SELECT id, name FROM contacts WHERE lower(email) = lower($1) ORDER BY id LIMIT 1 \
              FOR UPDATE",
@@ -624,6 +874,8 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         if dry_run {
+            tx.rollback().await?;
+            p.done();
             return Ok(found.map(|(id, name)| TestContact { id, name, existed: true }));
         }
         let contact = if let Some((id, name)) = found {
@@ -649,6 +901,7 @@ impl Store for PgStore {
             TestContact { id, name: name.to_string(), existed: false }
         };
         tx.commit().await?;
+        p.done();
         Ok(Some(contact))
     }
 
@@ -667,13 +920,13 @@ impl Store for PgStore {
         .bind(number)
         .bind(amount)
         .bind(due)
-        .fetch_one(&mut *self.primary.lock().await)
+        .fetch_one(&self.pool)
         .await?)
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {
-        let mut conn = self.primary.lock().await;
-        let mut tx = conn.begin().await?;
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
         let mut counts = SeedCounts::default();
         if reset {
             let demo_contacts = "SELECT id FROM contacts WHERE demo_key IS NOT NULL";
@@ -759,6 +1012,7 @@ impl Store for PgStore {
             .rows_affected();
         }
         tx.commit().await?;
+        p.done();
         Ok(counts)
     }
 }

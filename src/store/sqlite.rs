@@ -1,23 +1,39 @@
 //! SQLite, the embedded default: WAL with a busy timeout, claims as one `UPDATE … RETURNING`
 //! statement, multi-row writes as `BEGIN IMMEDIATE` transactions, and migrations behind a file
 //! lock so that two processes starting on a new file do not race.
+//!
+//! SQLite stores whatever an app writes, whatever the column's declared type, so every value
+//! read from an input table is decoded on its own ([`Raw`]): a bad one fails the message that
+//! needs it, with the table, row, column and value in the reason, and never the claim.
+//!
+//! A write that fails (a full disk, a lock held past the busy timeout) discards its connection
+//! instead of returning it to the pool half-open, so the next write starts clean.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Months, NaiveDate, SecondsFormat, Utc};
+use chrono_tz::Tz;
 use serde_json::json;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row};
+use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRef as _};
 
 use super::{
-    Claimed, DemoData, DueScheduled, GenRow, Generated, NewMessage, Outcome, Preview, Result,
-    ScheduledAdvance, SeedCounts, SlotGrant, StatusData, Store, StoreError, TestContact,
+    BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
+    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, Preview, Recorded,
+    Result, ScheduledAdvance, SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError,
+    TestContact, VehicleRow, Written,
 };
+use crate::domain::channel::ChannelKind;
+use crate::domain::dates;
+use crate::domain::outbox::Outcome;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -25,24 +41,213 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file, for the migration lock; `None` for an in-memory database.
     path: Option<PathBuf>,
+    /// The zone in which text dates are read.
+    tz: Tz,
 }
 
-/// Outbox timestamps: fixed-width UTC text, so that text order is time order.
+/// Outbox timestamps: fixed-width UTC text, so that text order is time order. Years past 9999
+/// would need a fifth digit and sort before 9999; they are clamped to its last instant.
 fn ts(at: DateTime<Utc>) -> String {
+    let latest = NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 999))
+        .map(|t| t.and_utc());
+    let earliest = NaiveDate::from_ymd_opt(0, 1, 1).map(|d| d.and_time(chrono::NaiveTime::MIN));
+    let at = match (latest, earliest) {
+        (Some(l), _) if at > l => l,
+        (_, Some(e)) if at < e.and_utc() => e.and_utc(),
+        _ => at,
+    };
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn ts_opt(at: Option<DateTime<Utc>>) -> Option<String> {
-    at.map(ts)
+/// The real clock of this store (SQLite lives on one host): now, and now plus `d`.
+fn real(d: Duration) -> String {
+    let now = crate::clock::real_now();
+    ts(now.checked_add_signed(chrono::Duration::from_std(d).unwrap_or_default()).unwrap_or(now))
 }
 
-fn from_epoch(secs: i64) -> Result<DateTime<Utc>> {
-    DateTime::from_timestamp(secs, 0)
-        .ok_or_else(|| StoreError::Other(format!("timestamp {secs} is out of range")))
+fn real_ns() -> i64 {
+    crate::clock::real_now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// Whether a date column's value must be read in Rust: not text, not a date SQLite reads, or a
+/// timestamp with an offset. The migration's partial indexes repeat this expression exactly.
+fn odd_date(col: &str) -> String {
+    format!(
+        "({col} IS NOT NULL AND (typeof({col}) <> 'text' OR date({col}) IS NULL \
+         OR {col} GLOB '*[0-9][Zz]' OR {col} GLOB '*[0-9][+-][0-9][0-9]:[0-9][0-9]' \
+         OR {col} GLOB '*[0-9][+-][0-9][0-9][0-9][0-9]'))"
+    )
+}
+
+/// A value as SQLite holds it, whatever the column's declared type.
+#[derive(Debug, Clone, PartialEq)]
+enum Raw {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    /// A blob, or text that is not valid UTF-8.
+    Bytes(Vec<u8>),
+}
+
+impl Raw {
+    fn read(row: &SqliteRow, col: &str) -> Raw {
+        let Ok(value) = row.try_get_raw(col) else { return Raw::Null };
+        if value.is_null() {
+            return Raw::Null;
+        }
+        let type_name = value.type_info().name().to_string();
+        match type_name.as_str() {
+            "INTEGER" => row.try_get_unchecked::<i64, _>(col).map_or(Raw::Null, Raw::Integer),
+            "REAL" => row.try_get_unchecked::<f64, _>(col).map_or(Raw::Null, Raw::Real),
+            _ => match row.try_get_unchecked::<Vec<u8>, _>(col) {
+                Ok(bytes) if type_name == "TEXT" => match String::from_utf8(bytes) {
+                    Ok(text) => Raw::Text(text),
+                    Err(e) => Raw::Bytes(e.into_bytes()),
+                },
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    // A blob holding UTF-8 is text an app stored through the wrong API.
+                    Ok(text) if !text.contains('\0') => Raw::Text(text),
+                    Ok(text) => Raw::Bytes(text.into_bytes()),
+                    Err(e) => Raw::Bytes(e.into_bytes()),
+                },
+                Err(_) => Raw::Null,
+            },
+        }
+    }
+
+    /// The value as an operator would write it.
+    fn shown(&self) -> String {
+        match self {
+            Raw::Null => "NULL".into(),
+            Raw::Integer(n) => n.to_string(),
+            Raw::Real(x) => x.to_string(),
+            Raw::Text(t) => t.clone(),
+            Raw::Bytes(b) => {
+                let hex = b.iter().take(16).fold(String::new(), |mut out, x| {
+                    let _ = write!(out, "{x:02x}");
+                    out
+                });
+                format!("x'{hex}{}' ({} bytes)", if b.len() > 16 { "…" } else { "" }, b.len())
+            }
+        }
+    }
+
+    /// Text columns: numbers are taken as their digits (a phone or chat id stored as a number).
+    fn text(&self, at: (&'static str, i64, &'static str)) -> Cell<String> {
+        match self {
+            Raw::Null => Ok(None),
+            Raw::Text(t) => Ok(Some(t.clone())),
+            Raw::Integer(n) => Ok(Some(n.to_string())),
+            Raw::Real(x) if x.fract() == 0.0 && x.abs() < 1e15 => Ok(Some(format!("{x:.0}"))),
+            other => Err(BadValue::new(at.0, at.1, at.2, &other.shown(), "is not text")),
+        }
+    }
+
+    /// Whole-number columns (rupiah amounts).
+    fn integer(&self, at: (&'static str, i64, &'static str)) -> Cell<i64> {
+        let bad = |what: &str| {
+            Err(BadValue::new(
+                at.0,
+                at.1,
+                at.2,
+                what,
+                format!("'{}' is not a whole number", super::shown(what)),
+            ))
+        };
+        match self {
+            Raw::Null => Ok(None),
+            Raw::Integer(n) => Ok(Some(*n)),
+            Raw::Real(x) if x.fract() == 0.0 && x.abs() < 9e15 => Ok(Some(*x as i64)),
+            Raw::Text(t) => t.trim().parse::<i64>().map(Some).or_else(|_| bad(t)),
+            other => bad(&other.shown()),
+        }
+    }
+
+    /// Date columns, read as local dates in `tz` (see [`dates::local_date`]).
+    fn date(&self, tz: Tz, at: (&'static str, i64, &'static str)) -> Cell<NaiveDate> {
+        match self {
+            Raw::Null => Ok(None),
+            Raw::Text(t) => dates::local_date(t, tz)
+                .map(Some)
+                .map_err(|e| BadValue::new(at.0, at.1, at.2, t, e.to_string())),
+            other => Err(BadValue::new(
+                at.0,
+                at.1,
+                at.2,
+                &other.shown(),
+                "is not a date (YYYY-MM-DD, or an ISO-8601 timestamp)",
+            )),
+        }
+    }
+}
+
+/// A pooled connection for a write: discarded unless the write completes, so that a failed
+/// statement or commit (a full disk, a lock held too long) cannot leave it half-open in the pool.
+struct Writer {
+    conn: PoolConnection<Sqlite>,
+    open: bool,
+}
+
+impl Writer {
+    async fn begin(pool: &SqlitePool) -> Result<Self> {
+        let mut w = Self { conn: pool.acquire().await?, open: true };
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *w.conn).await?;
+        Ok(w)
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    async fn commit(mut self) -> Result<()> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.open {
+            // Closing the connection rolls its transaction back.
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// A pooled connection for one statement outside a transaction, discarded unless the statement
+/// completes.
+struct Single {
+    conn: PoolConnection<Sqlite>,
+    ok: bool,
+}
+
+impl Single {
+    async fn acquire(pool: &SqlitePool) -> Result<Self> {
+        Ok(Self { conn: pool.acquire().await?, ok: false })
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    fn done(mut self) {
+        self.ok = true;
+    }
+}
+
+impl Drop for Single {
+    fn drop(&mut self) {
+        if !self.ok {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str) -> Result<Self> {
+    pub async fn connect(url: &str, tz: Tz) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -58,7 +263,7 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        Ok(Self { pool, path })
+        Ok(Self { pool, path, tz })
     }
 
     /// The pool, for tests and benchmarks that prepare data directly.
@@ -66,35 +271,137 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// What delivery needs of messages this pass has just claimed.
-    async fn claimed_context(&self, ids: &[i64], token: &str) -> Result<Vec<Claimed>> {
+    /// What delivery needs of messages this pass has just claimed, each row decoded on its own.
+    async fn claimed_context(&self, rows: Vec<SqliteRow>, token: &str) -> Result<Vec<Claimed>> {
+        let mut claimed: Vec<Claimed> = rows.iter().map(own_columns).collect();
+        claimed.sort_by_key(Claimed::id);
+        let ids: Vec<i64> = claimed.iter().map(Claimed::id).collect();
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(claimed);
         }
-        let sql = format!(
-            "SELECT {CLAIM_CONTEXT} FROM messages cl {CLAIM_JOINS} \
-             WHERE cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2 \
-             ORDER BY cl.id"
-        );
-        Ok(sqlx::query_as::<_, Claimed>(&sql)
-            .bind(serde_json::to_string(ids).unwrap_or_default())
-            .bind(token)
-            .fetch_all(&self.pool)
-            .await?)
+        let context = sqlx::query(
+            "SELECT cl.id AS mid, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, \
+                 c.channels, (c.opted_out_at IS NOT NULL) AS opted_out, \
+                 i.id AS i_id, i.number, i.amount, i.due_date, i.status AS i_status, \
+                 v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date \
+             FROM messages cl \
+             LEFT JOIN contacts c ON c.id = cl.contact_id \
+             LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
+             LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id \
+             WHERE cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2",
+        )
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .bind(token)
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &context {
+            let Ok(mid) = row.try_get::<i64, _>("mid") else { continue };
+            let Some(c) = claimed.iter_mut().find(|c| c.id() == mid) else { continue };
+            self.fill_context(c, row);
+        }
+        Ok(claimed)
+    }
+
+    fn fill_context(&self, c: &mut Claimed, row: &SqliteRow) {
+        if let Raw::Integer(id) = Raw::read(row, "c_id") {
+            let at = |column| ("contacts", id, column);
+            c.contact = Some(ContactRow {
+                id,
+                name: Raw::read(row, "name").text(at("name")),
+                phone: Raw::read(row, "phone").text(at("phone")),
+                email: Raw::read(row, "email").text(at("email")),
+                telegram_chat_id: Raw::read(row, "telegram_chat_id").text(at("telegram_chat_id")),
+                channels: Raw::read(row, "channels").text(at("channels")),
+                opted_out: matches!(Raw::read(row, "opted_out"), Raw::Integer(1)),
+            });
+        }
+        if let Raw::Integer(id) = Raw::read(row, "i_id") {
+            let at = |column| ("invoices", id, column);
+            c.invoice = Some(InvoiceRow {
+                id,
+                number: Raw::read(row, "number").text(at("number")),
+                amount: Raw::read(row, "amount").integer(at("amount")),
+                due_date: Raw::read(row, "due_date").date(self.tz, at("due_date")),
+                status: Raw::read(row, "i_status").text(at("status")),
+            });
+        }
+        if let Raw::Integer(id) = Raw::read(row, "v_id") {
+            let at = |column| ("vehicles", id, column);
+            c.vehicle = Some(VehicleRow {
+                id,
+                plate_no: Raw::read(row, "plate_no").text(at("plate_no")),
+                visit_date: visit_date(
+                    &Raw::read(row, "next_visit_date"),
+                    &Raw::read(row, "last_visit_date"),
+                    self.tz,
+                    id,
+                ),
+            });
+        }
     }
 }
 
-/// A contact's first preferred channel, or WhatsApp when it names none.
-const CHANNEL: &str = "COALESCE(NULLIF(lower(trim(CASE WHEN instr(c.channels, ',') > 0 \
-     THEN substr(c.channels, 1, instr(c.channels, ',') - 1) ELSE c.channels END)), ''), 'whatsapp')";
+/// A vehicle's next visit: `next_visit_date`, or four months after `last_visit_date` (clamped
+/// to the month's end, as PostgreSQL's `+ interval '4 months'` does).
+fn visit_date(next: &Raw, last: &Raw, tz: Tz, id: i64) -> Cell<NaiveDate> {
+    match next.date(tz, ("vehicles", id, "next_visit_date"))? {
+        Some(d) => Ok(Some(d)),
+        None => Ok(last
+            .date(tz, ("vehicles", id, "last_visit_date"))?
+            .and_then(|d| d.checked_add_months(Months::new(4)))),
+    }
+}
+
+/// The columns a claim returns: ours, each checked, so one bad row cannot fail the batch.
+fn own_columns(row: &SqliteRow) -> Claimed {
+    let id = row.try_get::<i64, _>("id").unwrap_or(0);
+    let decoded = (|| -> std::result::Result<ClaimedRow, String> {
+        let text =
+            |col: &str| row.try_get::<Option<String>, _>(col).map_err(|e| format!("{col}: {e}"));
+        Ok(ClaimedRow {
+            id,
+            kind: row.try_get::<String, _>("kind").map_err(|e| e.to_string())?.parse()?,
+            subject_id: row.try_get("subject_id").map_err(|e| format!("subject_id: {e}"))?,
+            stage: text("stage")?,
+            event_date: row
+                .try_get::<Option<NaiveDate>, _>("event_date")
+                .map_err(|e| format!("event_date: {e}"))?,
+            channel: row.try_get::<String, _>("channel").map_err(|e| e.to_string())?.parse()?,
+            subject: text("subject")?,
+            body: text("body")?,
+            media_url: text("media_url")?,
+            recipient: text("recipient")?,
+            attempts: row.try_get("attempts").map_err(|e| format!("attempts: {e}"))?,
+            expired_leases: row
+                .try_get("expired_leases")
+                .map_err(|e| format!("expired_leases: {e}"))?,
+            contact_id: row.try_get("contact_id").map_err(|e| format!("contact_id: {e}"))?,
+        })
+    })();
+    Claimed {
+        row: decoded.map_err(|e| (id, format!("outbox row {id} cannot be read: {e}"))),
+        contact: None,
+        invoice: None,
+        vehicle: None,
+    }
+}
+
+const OWN_COLUMNS: &str = "id, kind, subject_id, stage, event_date, channel, subject, body, \
+    media_url, recipient, attempts, expired_leases, contact_id";
+
+/// A contact's first preferred channel, or WhatsApp when it names none. Only what fits a
+/// channel name is kept, so a blob or a long text in `channels` cannot bloat the outbox.
+const CHANNEL: &str = "substr(COALESCE(NULLIF(lower(trim(CASE WHEN instr(c.channels, ',') > 0 \
+     THEN substr(c.channels, 1, instr(c.channels, ',') - 1) ELSE c.channels END, ' ' || char(9, 10, 13))), ''), \
+     'whatsapp'), 1, 40)";
 
 const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
      WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN 'failed' \
      WHEN s.opted_out THEN 'skipped' ELSE 'pending' END";
 const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
-       'contact ' || COALESCE(CAST(s.contact_id AS TEXT), '(none)') || ' not found' \
+       'contact ' || COALESCE(substr(CAST(s.contact_id AS TEXT), 1, 40), '(none)') || ' not found' \
      WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
-       'unknown channel ''' || s.channel || '''' \
+       'unknown channel ''' || s.channel || ''' in contacts.channels' \
      WHEN s.opted_out THEN 'contact opted out' END";
 
 /// A rule's candidates (`source`) as outbox rows, with their status decided in SQL.
@@ -106,15 +413,20 @@ fn rows_sql(kind: &str, source: &str) -> String {
     )
 }
 
+/// A bound parameter of a rule's source statement.
+enum Bind {
+    Text(String),
+}
+
 /// Counts a rule's candidates, then inserts them (or, dry, selects those not queued yet). `?1`
 /// is now; the source's own parameters follow. Occurrences already queued are left to
 /// `ON CONFLICT`: the partial unique index on `dedup_key` holds one per occurrence. The new
 /// rows stream past: all are counted, the first `keep` kept.
 async fn generate(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut SqliteConnection,
     kind: &str,
     source: &str,
-    binds: &[serde_json::Value],
+    binds: &[Bind],
     now: DateTime<Utc>,
     dry_run: bool,
     keep: usize,
@@ -122,23 +434,20 @@ async fn generate(
     use futures::TryStreamExt as _;
 
     fn bind_all<'q>(
-        mut q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-        now: &str,
-        binds: &'q [serde_json::Value],
-    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-        q = q.bind(now.to_string());
+        mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        now: String,
+        binds: &'q [Bind],
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+        q = q.bind(now);
         for b in binds {
             q = match b {
-                serde_json::Value::String(s) => q.bind(s.as_str()),
-                serde_json::Value::Number(n) => q.bind(n.as_i64()),
-                other => q.bind(other.to_string()),
+                Bind::Text(s) => q.bind(s.as_str()),
             };
         }
         q
     }
-    let now_text = ts(now);
     let count_sql = format!("SELECT count(*) AS found FROM ({source}) s WHERE ?1 IS NOT NULL");
-    let found: i64 = bind_all(sqlx::query(&count_sql), &now_text, binds)
+    let found: i64 = bind_all(sqlx::query(&count_sql), ts(now), binds)
         .fetch_one(&mut *conn)
         .await?
         .try_get("found")?;
@@ -162,7 +471,7 @@ async fn generate(
         )
     };
     let mut out = Generated { found: found.max(0) as u64, ..Generated::default() };
-    let mut stream = bind_all(sqlx::query(&sql), &now_text, binds).fetch(&mut *conn);
+    let mut stream = bind_all(sqlx::query(&sql), ts(now), binds).fetch(&mut *conn);
     while let Some(r) = stream.try_next().await? {
         let status: String = r.try_get("status")?;
         out.queued += 1;
@@ -186,15 +495,16 @@ async fn generate(
     Ok(out)
 }
 
-const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_date, cl.channel, \
-    cl.subject, cl.body, cl.media_url, cl.attempts, cl.contact_id, c.id AS contact_found, c.name, \
-    c.phone, c.email, c.telegram_chat_id, (c.opted_out_at IS NOT NULL) AS opted_out, \
-    i.number AS invoice_number, i.amount AS invoice_amount, date(i.due_date) AS invoice_due, \
-    i.status AS invoice_status, v.plate_no, c.channels, cl.recipient";
+/// `{"id": "date", …}` of rows read in Rust, for a rule's second branch.
+fn fixes_json(fixes: &[(i64, NaiveDate)]) -> String {
+    let map: serde_json::Map<String, serde_json::Value> =
+        fixes.iter().map(|(id, d)| (id.to_string(), json!(d.to_string()))).collect();
+    serde_json::Value::Object(map).to_string()
+}
 
-const CLAIM_JOINS: &str = "LEFT JOIN contacts c ON c.id = cl.contact_id \
-    LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
-    LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id";
+/// How long before a scheduled message's stored time a naive local value may fall due: SQL
+/// compares it as UTC, Rust then reads it in the zone. No zone is more than 14 hours ahead.
+const LOCAL_SLACK_SECONDS: i64 = 14 * 3600;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -239,56 +549,161 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn scan_inputs(&self) -> Result<InputScan> {
+        let mut scan = InputScan::default();
+        let invoices = sqlx::query(&format!(
+            "SELECT id, due_date FROM invoices WHERE status = 'unpaid' AND {} ORDER BY id",
+            odd_date("due_date")
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &invoices {
+            let id: i64 = row.try_get("id")?;
+            match Raw::read(row, "due_date").date(self.tz, ("invoices", id, "due_date")) {
+                Ok(Some(d)) => scan.invoice_due.push((id, d)),
+                Ok(None) => {}
+                Err(bad) => scan.bad.push(bad),
+            }
+        }
+        let vehicles = sqlx::query(&format!(
+            "SELECT id, next_visit_date, last_visit_date FROM vehicles \
+             WHERE {} OR (next_visit_date IS NULL AND {}) ORDER BY id",
+            odd_date("next_visit_date"),
+            odd_date("last_visit_date")
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &vehicles {
+            let id: i64 = row.try_get("id")?;
+            let next = Raw::read(row, "next_visit_date");
+            let last = Raw::read(row, "last_visit_date");
+            match visit_date(&next, &last, self.tz, id) {
+                Ok(Some(d)) => scan.vehicle_visit.push((id, d)),
+                Ok(None) => {}
+                Err(bad) => scan.bad.push(bad),
+            }
+        }
+        let scheduled = sqlx::query(
+            "SELECT id, scheduled_at, next_run_at FROM scheduled_messages \
+             WHERE status = 'active' AND unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL \
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &scheduled {
+            let id: i64 = row.try_get("id")?;
+            for column in ["next_run_at", "scheduled_at"] {
+                let raw = Raw::read(row, column);
+                if raw == Raw::Null {
+                    continue;
+                }
+                let text = raw.text(("scheduled_messages", id, column));
+                let readable = matches!(&text, Ok(Some(t)) if dates::instant(t, self.tz).is_ok());
+                if !readable {
+                    let problem = match &text {
+                        Ok(Some(t)) => dates::instant(t, self.tz)
+                            .err()
+                            .map_or_else(String::new, |e| e.to_string()),
+                        _ => "is not a timestamp".to_string(),
+                    };
+                    scan.bad.push(BadValue::new(
+                        "scheduled_messages",
+                        id,
+                        column,
+                        &raw.shown(),
+                        problem,
+                    ));
+                }
+                break;
+            }
+        }
+        Ok(scan)
+    }
+
     async fn generate_dunning(
         &self,
         stage: &str,
         due: (NaiveDate, NaiveDate),
+        scan: &InputScan,
         now: DateTime<Utc>,
         dry_run: bool,
         keep: usize,
     ) -> Result<Generated> {
+        // Rows whose due date SQL reads as written, then the few read in Rust (offsets).
+        let columns = |due_expr: &str| {
+            format!(
+                "SELECT i.id AS subject_id, ?2 AS stage, {due_expr} AS event_date, \
+                     'dunning:' || i.id || ':' || {due_expr} || ':' || ?2 AS dedup_key, \
+                     i.contact_id, c.id AS contact_found, \
+                     (c.opted_out_at IS NOT NULL) AS opted_out, \
+                     {CHANNEL} AS channel, NULL AS body, NULL AS media_url"
+            )
+        };
         let source = format!(
-            "SELECT i.id AS subject_id, ?2 AS stage, date(i.due_date) AS event_date, \
-                 'dunning:' || i.id || ':' || date(i.due_date) || ':' || ?2 AS dedup_key, \
-                 i.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
-             FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
-             WHERE i.status = 'unpaid' AND date(i.due_date) BETWEEN ?3 AND ?4"
+            "{} FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
+             WHERE i.status = 'unpaid' AND date(i.due_date) BETWEEN ?3 AND ?4 AND NOT {} \
+             UNION ALL \
+             {} FROM json_each(?5) f JOIN invoices i ON i.id = CAST(f.key AS INTEGER) \
+             LEFT JOIN contacts c ON c.id = i.contact_id \
+             WHERE i.status = 'unpaid' AND f.value BETWEEN ?3 AND ?4",
+            columns("date(i.due_date)"),
+            odd_date("i.due_date"),
+            columns("f.value"),
         );
-        let binds = [json!(stage), json!(due.0.to_string()), json!(due.1.to_string())];
-        let mut conn = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let out = generate(&mut conn, "dunning", &source, &binds, now, dry_run, keep).await?;
-        conn.commit().await?;
+        let binds = [
+            Bind::Text(stage.to_string()),
+            Bind::Text(due.0.to_string()),
+            Bind::Text(due.1.to_string()),
+            Bind::Text(fixes_json(&scan.invoice_due)),
+        ];
+        let mut w = Writer::begin(&self.pool).await?;
+        let out = generate(w.conn(), "dunning", &source, &binds, now, dry_run, keep).await?;
+        w.commit().await?;
         Ok(out)
     }
 
     async fn generate_maintenance(
         &self,
         visit: (NaiveDate, NaiveDate),
+        scan: &InputScan,
         now: DateTime<Utc>,
         dry_run: bool,
         keep: usize,
     ) -> Result<Generated> {
         // date(d, '+4 months') overflows into the next month (Oct 31 → Mar 3); clamp to the
         // month's last day as PostgreSQL does (Oct 31 → Feb 28).
-        let source = format!(
-            "SELECT v.id AS subject_id, 'visit' AS stage, v.visit AS event_date, \
+        let columns = "SELECT v.id AS subject_id, 'visit' AS stage, v.visit AS event_date, \
                  'maintenance:' || v.id || ':' || v.visit AS dedup_key, \
-                 v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
-             FROM (SELECT id, contact_id, COALESCE(date(next_visit_date), \
-                       CASE WHEN strftime('%d', date(last_visit_date, '+4 months')) \
+                 v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out";
+        let source = format!(
+            "{columns}, {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
+             FROM (SELECT id, contact_id, CASE WHEN next_visit_date IS NOT NULL \
+                       THEN date(next_visit_date) \
+                       WHEN strftime('%d', date(last_visit_date, '+4 months')) \
                                  = strftime('%d', date(last_visit_date)) \
                             THEN date(last_visit_date, '+4 months') \
                             ELSE date(last_visit_date, 'start of month', '+5 months', '-1 day') \
-                       END) AS visit FROM vehicles) v \
+                       END AS visit FROM vehicles \
+                   WHERE NOT {} AND NOT (next_visit_date IS NULL AND {})) v \
              LEFT JOIN contacts c ON c.id = v.contact_id \
-             WHERE v.visit BETWEEN ?2 AND ?3"
+             WHERE v.visit BETWEEN ?2 AND ?3 \
+             UNION ALL \
+             {columns}, {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
+             FROM (SELECT ve.id, ve.contact_id, f.value AS visit FROM json_each(?4) f \
+                   JOIN vehicles ve ON ve.id = CAST(f.key AS INTEGER)) v \
+             LEFT JOIN contacts c ON c.id = v.contact_id \
+             WHERE v.visit BETWEEN ?2 AND ?3",
+            odd_date("next_visit_date"),
+            odd_date("last_visit_date"),
         );
-        let binds = [json!(visit.0.to_string()), json!(visit.1.to_string())];
-        let mut conn = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let out = generate(&mut conn, "maintenance", &source, &binds, now, dry_run, keep).await?;
-        conn.commit().await?;
+        let binds = [
+            Bind::Text(visit.0.to_string()),
+            Bind::Text(visit.1.to_string()),
+            Bind::Text(fixes_json(&scan.vehicle_visit)),
+        ];
+        let mut w = Writer::begin(&self.pool).await?;
+        let out = generate(w.conn(), "maintenance", &source, &binds, now, dry_run, keep).await?;
+        w.commit().await?;
         Ok(out)
     }
 
@@ -298,29 +713,52 @@ impl Store for SqliteStore {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<DueScheduled>> {
+        // SQL narrows by the stored text read as UTC, widened by the largest zone offset; Rust
+        // then reads each value in the zone (a naive value is local time) and decides.
         let rows = sqlx::query(
-            "SELECT id, unixepoch(scheduled_at) AS scheduled_at, \
-                 unixepoch(COALESCE(next_run_at, scheduled_at)) AS run_at, recurrence \
+            "SELECT id, scheduled_at, COALESCE(next_run_at, scheduled_at) AS run_at, recurrence \
              FROM scheduled_messages \
-             WHERE status = 'active' AND unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 \
-               AND id > ?2 \
+             WHERE status = 'active' \
+               AND unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 AND id > ?2 \
              ORDER BY id LIMIT ?3",
         )
-        .bind(now.timestamp())
+        .bind(now.timestamp() + LOCAL_SLACK_SECONDS)
         .bind(after_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DueScheduled {
-                    id: r.try_get("id")?,
-                    scheduled_at: from_epoch(r.try_get("scheduled_at")?)?,
-                    run_at: from_epoch(r.try_get("run_at")?)?,
-                    recurrence: r.try_get("recurrence")?,
-                })
-            })
-            .collect()
+        let mut due = Vec::new();
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            let text = |col| Raw::read(r, col).text(("scheduled_messages", id, "scheduled_at"));
+            let (Ok(Some(scheduled)), Ok(Some(run))) = (text("scheduled_at"), text("run_at"))
+            else {
+                continue;
+            };
+            let (Ok(scheduled_at), Ok(run_at)) =
+                (dates::instant(&scheduled, self.tz), dates::instant(&run, self.tz))
+            else {
+                continue;
+            };
+            if run_at <= now {
+                due.push(DueScheduled {
+                    id,
+                    scheduled_at,
+                    run_at,
+                    recurrence: r.try_get::<Option<String>, _>("recurrence")?.unwrap_or_default(),
+                    stored_run_at: Some(run),
+                });
+            }
+        }
+        // A page whose rows all fell outside the zone's slack still moves the caller on.
+        if due.is_empty() && rows.len() as i64 == limit {
+            if let Some(last) = rows.last() {
+                let id: i64 = last.try_get("id")?;
+                let mut page = Box::pin(self.due_scheduled(now, id, limit)).await?;
+                due.append(&mut page);
+            }
+        }
+        Ok(due)
     }
 
     async fn queue_scheduled(
@@ -330,14 +768,17 @@ impl Store for SqliteStore {
         dry_run: bool,
         keep: usize,
     ) -> Result<Generated> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut w = Writer::begin(&self.pool).await?;
         let mut won: Vec<&ScheduledAdvance> = advances.iter().collect();
         if !dry_run {
             let batch: Vec<_> = advances
                 .iter()
-                .map(|a| json!({"id": a.id, "run_at": a.run_at.timestamp(), "next": ts_opt(a.next_run_at)}))
+                .map(|a| {
+                    json!({"id": a.id, "run_at": a.stored_run_at, "next": a.next_run_at.map(ts)})
+                })
                 .collect();
-            // Compare-and-set on the run time: of two passes, only one moves the series on.
+            // Compare-and-set on the run time as stored: of two passes, only one moves the
+            // series on.
             let ids: Vec<i64> = sqlx::query_scalar(
                 "UPDATE scheduled_messages \
                  SET next_run_at = d.next, \
@@ -345,12 +786,12 @@ impl Store for SqliteStore {
                  FROM (SELECT value ->> 'id' AS id, value ->> 'run_at' AS run_at, \
                            value ->> 'next' AS next FROM json_each(?1)) d \
                  WHERE scheduled_messages.id = d.id AND scheduled_messages.status = 'active' \
-                   AND unixepoch(COALESCE(scheduled_messages.next_run_at, \
-                       scheduled_messages.scheduled_at)) = d.run_at \
+                   AND COALESCE(scheduled_messages.next_run_at, scheduled_messages.scheduled_at) \
+                       = d.run_at \
                  RETURNING scheduled_messages.id",
             )
             .bind(serde_json::Value::Array(batch).to_string())
-            .fetch_all(&mut *tx)
+            .fetch_all(w.conn())
             .await?;
             won.retain(|a| ids.contains(&a.id));
         }
@@ -364,9 +805,9 @@ impl Store for SqliteStore {
                    FROM json_each(?2)) d \
              JOIN scheduled_messages s ON s.id = d.id \
              LEFT JOIN contacts c ON c.id = s.contact_id";
-        let binds = [json!(serde_json::Value::Array(batch).to_string())];
-        let mut out = generate(&mut tx, "scheduled", source, &binds, now, dry_run, keep).await?;
-        tx.commit().await?;
+        let binds = [Bind::Text(serde_json::Value::Array(batch).to_string())];
+        let mut out = generate(w.conn(), "scheduled", source, &binds, now, dry_run, keep).await?;
+        w.commit().await?;
         out.found = advances.len() as u64;
         Ok(out)
     }
@@ -386,108 +827,135 @@ impl Store for SqliteStore {
              RETURNING messages.id, messages.kind, messages.subject_id, messages.stage, \
                  messages.channel, messages.status, messages.last_error AS error"
         };
-        Ok(sqlx::query_as::<_, GenRow>(sql).fetch_all(&self.pool).await?)
+        let mut c = Single::acquire(&self.pool).await?;
+        let rows = sqlx::query_as::<_, GenRow>(sql).fetch_all(c.conn()).await?;
+        c.done();
+        Ok(rows)
     }
 
     async fn reserve_slots(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         count: u32,
-        interval_ms: i64,
-        now_ms: i64,
-        horizon_ms: i64,
+        interval_ns: i64,
+        horizon: Duration,
     ) -> Result<Option<SlotGrant>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut w = Writer::begin(&self.pool).await?;
         sqlx::query("INSERT INTO channel_state (channel) VALUES (?1) ON CONFLICT DO NOTHING")
-            .bind(channel)
-            .execute(&mut *tx)
+            .bind(channel.as_str())
+            .execute(w.conn())
             .await?;
         let next: i64 =
-            sqlx::query_scalar("SELECT next_slot_ms FROM channel_state WHERE channel = ?1")
-                .bind(channel)
-                .fetch_one(&mut *tx)
+            sqlx::query_scalar("SELECT next_slot_ns FROM channel_state WHERE channel = ?1")
+                .bind(channel.as_str())
+                .fetch_one(w.conn())
                 .await?;
-        let Some(grant) = super::slots(next, count, interval_ms, now_ms, horizon_ms) else {
-            tx.commit().await?;
+        let Some(grant) = super::slots(next, count, interval_ns, real_ns(), horizon) else {
+            w.commit().await?;
             return Ok(None);
         };
-        sqlx::query("UPDATE channel_state SET next_slot_ms = ?2 WHERE channel = ?1")
-            .bind(channel)
-            .bind(grant.end_ms)
-            .execute(&mut *tx)
+        sqlx::query("UPDATE channel_state SET next_slot_ns = ?2 WHERE channel = ?1")
+            .bind(channel.as_str())
+            .bind(grant.end_ns)
+            .execute(w.conn())
             .await?;
-        tx.commit().await?;
+        w.commit().await?;
         Ok(Some(grant))
     }
 
     async fn return_slots(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         grant: SlotGrant,
         unused: u32,
-        interval_ms: i64,
     ) -> Result<()> {
+        let mut c = Single::acquire(&self.pool).await?;
         sqlx::query(
-            "UPDATE channel_state SET next_slot_ms = next_slot_ms - ?3 \
-             WHERE channel = ?1 AND next_slot_ms = ?2",
+            "UPDATE channel_state SET next_slot_ns = next_slot_ns - ?3 \
+             WHERE channel = ?1 AND next_slot_ns = ?2",
         )
-        .bind(channel)
-        .bind(grant.end_ms)
-        .bind(i64::from(unused) * interval_ms)
-        .execute(&self.pool)
+        .bind(channel.as_str())
+        .bind(grant.end_ns)
+        .bind(i64::from(unused).saturating_mul(grant.interval_ns))
+        .execute(c.conn())
         .await?;
+        c.done();
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        channel: &str,
-        limit: i64,
-        token: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Claimed>> {
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>> {
         // One statement: SQLite runs it under its write lock, so two passes never take the
-        // same row, and there is no read-then-write upgrade to deadlock on.
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "UPDATE messages SET status = 'sending', attempts = attempts + 1, claimed_by = ?4, \
-                 claimed_until = ?5, next_attempt_at = ?5 \
-             WHERE id IN (SELECT id FROM messages \
-                 WHERE channel = ?1 AND status IN ('pending', 'sending') AND next_attempt_at <= ?2 \
-                 ORDER BY next_attempt_at, id LIMIT ?3) \
-             RETURNING id",
-        )
-        .bind(channel)
-        .bind(ts(now))
-        .bind(limit)
-        .bind(token)
-        .bind(ts(lease_until))
-        .fetch_all(&self.pool)
-        .await?;
-        self.claimed_context(&ids, token).await
+        // same row, and there is no read-then-write upgrade to deadlock on. Rows whose lease
+        // ran out (real clock) come first: they are the oldest work.
+        let sql = format!(
+            "UPDATE messages SET status = 'sending', claimed_by = ?4, claimed_until = ?5, \
+                 expired_leases = expired_leases + (status = 'sending') \
+             WHERE id IN ( \
+                 SELECT id FROM (SELECT id FROM messages \
+                     WHERE channel = ?1 AND status = 'sending' AND claimed_until <= ?6 \
+                     ORDER BY claimed_until LIMIT ?3) \
+                 UNION ALL \
+                 SELECT id FROM (SELECT id FROM messages \
+                     WHERE channel = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
+                     ORDER BY next_attempt_at, id LIMIT ?3) \
+                 LIMIT ?3) \
+             RETURNING {OWN_COLUMNS}"
+        );
+        let mut c = Single::acquire(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(request.channel.as_str())
+            .bind(ts(request.now))
+            .bind(request.limit)
+            .bind(request.token)
+            .bind(real(request.lease))
+            .bind(real(Duration::ZERO))
+            .fetch_all(c.conn())
+            .await?;
+        c.done();
+        self.claimed_context(rows, request.token).await
     }
 
-    async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Vec<i64>> {
+    async fn claim_ids(&self, ids: &[i64], token: &str, lease: Duration) -> Result<Vec<Claimed>> {
+        let sql = format!(
+            "UPDATE messages SET status = 'sending', claimed_by = ?2, claimed_until = ?3, \
+                 expired_leases = expired_leases + (status = 'sending') \
+             WHERE id IN (SELECT value FROM json_each(?1)) AND (status = 'pending' \
+                 OR (status = 'sending' AND claimed_until <= ?4)) \
+             RETURNING {OWN_COLUMNS}"
+        );
+        let ids = serde_json::to_string(ids).unwrap_or_default();
+        let mut c = Single::acquire(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(ids)
+            .bind(token)
+            .bind(real(lease))
+            .bind(real(Duration::ZERO))
+            .fetch_all(c.conn())
+            .await?;
+        c.done();
+        self.claimed_context(rows, token).await
+    }
+
+    async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Recorded> {
         if outcomes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Recorded::default());
         }
-        let batch: Vec<_> = outcomes
+        let written: Vec<Written<'_>> = outcomes.iter().map(Written::from).collect();
+        let batch: Vec<_> = written
             .iter()
             .map(|o| {
                 json!({
-                    "id": o.id, "status": o.status, "refund": i32::from(o.refund),
-                    "next_at": ts_opt(o.next_attempt_at), "error": o.error,
+                    "id": o.id, "status": o.status, "attempts": o.attempts,
+                    "next_at": o.next_attempt_at.map(ts), "error": o.error,
                     "provider": o.provider, "pid": o.provider_message_id,
                     "recipient": o.recipient, "subject": o.subject, "body": o.body,
-                    "sent_at": ts_opt(o.sent_at),
+                    "sent_at": o.sent_at.map(ts),
                 })
             })
             .collect();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut w = Writer::begin(&self.pool).await?;
         let updated: Vec<i64> = sqlx::query_scalar(
-            "UPDATE messages SET status = v.status, \
-                 attempts = CASE WHEN v.refund = 1 THEN max(messages.attempts - 1, 0) \
-                     ELSE messages.attempts END, \
+            "UPDATE messages SET status = v.status, attempts = v.attempts, \
                  next_attempt_at = COALESCE(v.next_at, messages.next_attempt_at), \
                  last_error = v.error, \
                  provider = COALESCE(v.provider, messages.provider), \
@@ -498,7 +966,7 @@ impl Store for SqliteStore {
                  sent_at = COALESCE(v.sent_at, messages.sent_at), \
                  claimed_by = NULL, claimed_until = NULL \
              FROM (SELECT value ->> 'id' AS id, value ->> 'status' AS status, \
-                       value ->> 'refund' AS refund, value ->> 'next_at' AS next_at, \
+                       value ->> 'attempts' AS attempts, value ->> 'next_at' AS next_at, \
                        value ->> 'error' AS error, value ->> 'provider' AS provider, \
                        value ->> 'pid' AS pid, value ->> 'recipient' AS recipient, \
                        value ->> 'subject' AS subject, value ->> 'body' AS body, \
@@ -509,22 +977,20 @@ impl Store for SqliteStore {
         )
         .bind(token)
         .bind(serde_json::Value::Array(batch).to_string())
-        .fetch_all(&mut *tx)
+        .fetch_all(w.conn())
         .await?;
         let lost: Vec<i64> =
-            outcomes.iter().map(|o| o.id).filter(|id| !updated.contains(id)).collect();
-        let fallbacks: Vec<_> = outcomes
+            written.iter().map(|o| o.id).filter(|id| !updated.contains(id)).collect();
+        let fallbacks: Vec<_> = written
             .iter()
             .filter(|o| updated.contains(&o.id))
-            .filter_map(|o| {
-                let channel = o.fallback.as_ref()?;
-                Some(json!({"id": o.id, "channel": channel, "at": ts(o.at)}))
-            })
+            .filter_map(|o| Some(json!({"id": o.id, "channel": o.fallback?, "at": ts(o.at)})))
             .collect();
+        let mut recorded = Recorded { lost, fallbacks: Vec::new() };
         if !fallbacks.is_empty() {
             // The same reminder on the contact's next channel; the row just written keeps its
             // rendered body, so dunning and maintenance texts are rendered afresh.
-            sqlx::query(
+            let channels: Vec<String> = sqlx::query_scalar(
                 "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
                      contact_id, channel, body, media_url, status, next_attempt_at, created_at) \
                  SELECT m.kind, m.subject_id, m.stage, m.event_date, m.dedup_key, 'fallback', \
@@ -532,18 +998,24 @@ impl Store for SqliteStore {
                      CASE WHEN m.kind IN ('dunning', 'maintenance') THEN NULL ELSE m.body END, \
                      m.media_url, 'pending', f.value ->> 'at', f.value ->> 'at' \
                  FROM json_each(?1) f JOIN messages m ON m.id = f.value ->> 'id' \
-                 WHERE true ON CONFLICT DO NOTHING",
+                 WHERE true ON CONFLICT DO NOTHING RETURNING channel",
             )
             .bind(serde_json::Value::Array(fallbacks).to_string())
-            .execute(&mut *tx)
+            .fetch_all(w.conn())
             .await?;
+            recorded.fallbacks = channels.iter().filter_map(|c| c.parse().ok()).collect();
+            recorded.fallbacks.sort();
+            recorded.fallbacks.dedup();
         }
-        let history: Vec<_> = outcomes
+        let history: Vec<_> = written
             .iter()
             .filter_map(|o| {
-                let label = o.history?;
-                let label =
-                    if lost.contains(&o.id) { format!("late {label}") } else { label.to_string() };
+                let label = o.label?;
+                let label = if recorded.lost.contains(&o.id) {
+                    format!("late {label}")
+                } else {
+                    label.to_string()
+                };
                 Some(json!({
                     "id": o.id, "attempt": o.attempt, "channel": o.channel,
                     "provider": o.provider, "outcome": label, "error": o.error,
@@ -561,49 +1033,67 @@ impl Store for SqliteStore {
             )
             .bind(token)
             .bind(serde_json::Value::Array(history).to_string())
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?;
         }
-        tx.commit().await?;
-        Ok(lost)
+        w.commit().await?;
+        Ok(recorded)
     }
 
     async fn set_channel_down(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        let mut c = Single::acquire(&self.pool).await?;
         sqlx::query(
             "INSERT INTO channel_state (channel, down_reason, down_since) VALUES (?1, ?2, ?3) \
              ON CONFLICT (channel) DO UPDATE SET down_reason = excluded.down_reason, \
                  down_since = CASE WHEN excluded.down_reason IS NULL THEN NULL \
                      ELSE COALESCE(channel_state.down_since, excluded.down_since) END",
         )
-        .bind(channel)
+        .bind(channel.as_str())
         .bind(reason)
         .bind(reason.map(|_| ts(now)))
-        .execute(&self.pool)
+        .execute(c.conn())
         .await?;
+        c.done();
         Ok(())
     }
 
     async fn preview_due(
         &self,
-        channel: &str,
+        channel: ChannelKind,
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<Preview>> {
         Ok(sqlx::query_as::<_, Preview>(
             "SELECT id, kind, stage, channel, contact_id FROM messages \
-             WHERE channel = ?1 AND status IN ('pending', 'sending') AND next_attempt_at <= ?2 \
+             WHERE channel = ?1 AND ((status = 'pending' AND next_attempt_at <= ?2) \
+                 OR (status = 'sending' AND claimed_until <= ?4)) \
              ORDER BY next_attempt_at, id LIMIT ?3",
         )
-        .bind(channel)
+        .bind(channel.as_str())
         .bind(ts(now))
         .bind(limit)
+        .bind(real(Duration::ZERO))
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    async fn count_due(&self, channel: ChannelKind, now: DateTime<Utc>) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM messages \
+             WHERE channel = ?1 AND ((status = 'pending' AND next_attempt_at <= ?2) \
+                 OR (status = 'sending' AND claimed_until <= ?3))",
+        )
+        .bind(channel.as_str())
+        .bind(ts(now))
+        .bind(real(Duration::ZERO))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
     }
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
@@ -613,54 +1103,72 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let failures = sqlx::query_as(
-            "SELECT id, kind, stage, channel, recipient, status, last_error AS error, \
-                 substr(COALESCE(sent_at, next_attempt_at), 1, 19) || 'Z' AS at \
-             FROM messages WHERE status = 'failed' \
-                 OR (status IN ('pending', 'skipped') AND last_error IS NOT NULL) \
-             ORDER BY id DESC LIMIT ?1",
+        let rows = sqlx::query(
+            "SELECT m.id, m.kind, m.stage, m.channel, m.recipient, m.status, \
+                 m.last_error AS error, \
+                 COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), \
+                     m.created_at) AS at \
+             FROM messages m WHERE m.status = 'failed' \
+                 OR (m.status IN ('pending', 'skipped') AND m.last_error IS NOT NULL) \
+             ORDER BY m.id DESC LIMIT ?1",
         )
         .bind(failures)
         .fetch_all(&self.pool)
         .await?;
-        let down = sqlx::query_as(
-            "SELECT channel, down_reason AS reason, substr(down_since, 1, 19) || 'Z' AS since \
-             FROM channel_state WHERE down_reason IS NOT NULL ORDER BY channel",
+        let failures = rows
+            .iter()
+            .map(|r| {
+                Ok(Failure {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    stage: r.try_get("stage")?,
+                    channel: r.try_get("channel")?,
+                    recipient: r.try_get("recipient")?,
+                    status: r.try_get("status")?,
+                    error: r.try_get("error")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let down = sqlx::query(
+            "SELECT channel, down_reason, down_since FROM channel_state \
+             WHERE down_reason IS NOT NULL ORDER BY channel",
         )
         .fetch_all(&self.pool)
-        .await?;
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ChannelDown {
+                channel: r.try_get("channel")?,
+                reason: r.try_get("down_reason")?,
+                since: r.try_get::<Option<DateTime<Utc>>, _>("down_since")?.unwrap_or(now),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
         let due = sqlx::query_as::<_, (String, i64)>(
             "SELECT channel, count(*) FROM messages \
-             WHERE status IN ('pending', 'sending') AND next_attempt_at <= ?1 \
+             WHERE (status = 'pending' AND next_attempt_at <= ?1) \
+                 OR (status = 'sending' AND claimed_until <= ?2) \
              GROUP BY channel ORDER BY channel",
         )
         .bind(ts(now))
+        .bind(real(Duration::ZERO))
         .fetch_all(&self.pool)
         .await?;
-        Ok(StatusData { counts, failures, down, due })
-    }
-
-    async fn claim_ids(
-        &self,
-        ids: &[i64],
-        token: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Claimed>> {
-        let claimed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE messages SET status = 'sending', attempts = attempts + 1, claimed_by = ?2, \
-                 claimed_until = ?4, next_attempt_at = ?4 \
-             WHERE id IN (SELECT value FROM json_each(?1)) AND (status = 'pending' \
-                 OR (status = 'sending' AND next_attempt_at <= ?3)) \
-             RETURNING id",
+        let real_now = real_ns();
+        let slots = sqlx::query_as::<_, (String, i64)>(
+            "SELECT channel, next_slot_ns FROM channel_state ORDER BY channel",
         )
-        .bind(serde_json::to_string(ids).unwrap_or_default())
-        .bind(token)
-        .bind(ts(now))
-        .bind(ts(lease_until))
         .fetch_all(&self.pool)
-        .await?;
-        self.claimed_context(&claimed, token).await
+        .await?
+        .into_iter()
+        .map(|(channel, next)| SlotState {
+            channel,
+            next_free_in: Duration::from_nanos(next.saturating_sub(real_now).max(0) as u64),
+        })
+        .collect();
+        let bad_inputs = self.scan_inputs().await?.bad;
+        Ok(StatusData { counts, failures, down, due, slots, bad_inputs })
     }
 
     async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>> {
@@ -672,7 +1180,7 @@ impl Store for SqliteStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, 'manual', ?6, ?7, ?8, ?9, 'pending', ?10, ?10) \
                  ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
             )
-            .bind(r.kind)
+            .bind(r.kind.as_str())
             .bind(r.subject_id)
             .bind(&r.stage)
             .bind(r.event_date.map(|d| d.to_string()))
@@ -696,12 +1204,12 @@ impl Store for SqliteStore {
         phone: &str,
         dry_run: bool,
     ) -> Result<Option<TestContact>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut w = Writer::begin(&self.pool).await?;
         let found: Option<(i64, String)> = sqlx::query_as(
             "SELECT id, name FROM contacts WHERE lower(email) = lower(?1) ORDER BY id LIMIT 1",
         )
         .bind(email)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(w.conn())
         .await?;
         if dry_run {
             return Ok(found.map(|(id, name)| TestContact { id, name, existed: true }));
@@ -713,7 +1221,7 @@ impl Store for SqliteStore {
             )
             .bind(id)
             .bind(phone)
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?;
             TestContact { id, name, existed: true }
         } else {
@@ -724,11 +1232,11 @@ impl Store for SqliteStore {
             .bind(name)
             .bind(email)
             .bind(phone)
-            .fetch_one(&mut *tx)
+            .fetch_one(w.conn())
             .await?;
             TestContact { id, name: name.to_string(), existed: false }
         };
-        tx.commit().await?;
+        w.commit().await?;
         Ok(Some(contact))
     }
 
@@ -752,7 +1260,7 @@ impl Store for SqliteStore {
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut w = Writer::begin(&self.pool).await?;
         let mut counts = SeedCounts::default();
         if reset {
             let demo_contacts = "SELECT id FROM contacts WHERE demo_key IS NOT NULL";
@@ -760,17 +1268,17 @@ impl Store for SqliteStore {
                 "DELETE FROM delivery_attempts WHERE message_id IN \
                  (SELECT id FROM messages WHERE contact_id IN ({demo_contacts}))"
             ))
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?;
             counts.removed +=
                 sqlx::query(&format!("DELETE FROM messages WHERE contact_id IN ({demo_contacts})"))
-                    .execute(&mut *tx)
+                    .execute(w.conn())
                     .await?
                     .rows_affected();
             for table in ["invoices", "vehicles", "scheduled_messages", "contacts"] {
                 counts.removed +=
                     sqlx::query(&format!("DELETE FROM {table} WHERE demo_key IS NOT NULL"))
-                        .execute(&mut *tx)
+                        .execute(w.conn())
                         .await?
                         .rows_affected();
             }
@@ -786,7 +1294,7 @@ impl Store for SqliteStore {
             .bind(&c.email)
             .bind(&c.telegram_chat_id)
             .bind(&c.channels)
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?
             .rows_affected();
         }
@@ -801,7 +1309,7 @@ impl Store for SqliteStore {
             .bind(&i.number)
             .bind(i.amount)
             .bind(i.due_date.to_string())
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?
             .rows_affected();
         }
@@ -816,7 +1324,7 @@ impl Store for SqliteStore {
             .bind(&v.plate_no)
             .bind(v.last_visit_date.to_string())
             .bind(v.next_visit_date.map(|d| d.to_string()))
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?
             .rows_affected();
         }
@@ -833,11 +1341,11 @@ impl Store for SqliteStore {
             .bind(&s.body)
             .bind(ts(s.scheduled_at))
             .bind(&s.recurrence)
-            .execute(&mut *tx)
+            .execute(w.conn())
             .await?
             .rows_affected();
         }
-        tx.commit().await?;
+        w.commit().await?;
         Ok(counts)
     }
 }

@@ -9,7 +9,7 @@ use wiremock::matchers::{body_string_contains, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both;
-use crate::helpers::{contact, count, invoice, pairs, twilio_env, TestDb};
+use crate::helpers::{contact, count, invoice, pairs, twilio_env, TestDb, TZ};
 
 const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
 
@@ -85,12 +85,12 @@ async fn rate_limited_body(db: &TestDb) {
     )
     .await;
     let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[]).await;
-    assert_eq!(count(&doc, "retried"), 1, "{doc}");
+    assert_eq!((count(&doc, "deferred"), count(&doc, "retried")), (1, 0), "{doc}");
     assert_eq!(db.int("SELECT attempts FROM messages").await, 0);
     assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("pending"));
     // Honours Retry-After: still waiting after 90 s, sent after 2 minutes.
     let doc = run(db, &server, "2025-11-17T09:01:30+07:00", &[]).await;
-    assert_eq!(count(&doc, "retried"), 0);
+    assert_eq!(count(&doc, "deferred"), 0);
     let ok = twilio(created()).await;
     let doc = run(db, &ok, "2025-11-17T09:02:30+07:00", &[]).await;
     assert_eq!(count(&doc, "sent"), 1, "{doc}");
@@ -189,9 +189,12 @@ async fn crash_body(db: &TestDb) {
         contact(db, &format!("C{n}"), &format!("08123456{n:04}"), "whatsapp").await;
         invoice(db, n + 1, &format!("INV-{n}"), "2025-11-20").await;
     }
-    // The provider hangs, and the pass is killed with requests in flight.
+    // The provider hangs, and the pass is killed with requests in flight. A 1 s request
+    // timeout makes the lease 3 s on the real clock.
     let hanging = twilio(created().set_delay(Duration::from_secs(60))).await;
-    let env = twilio_env(&hanging.uri());
+    let timeout = [("REMINDER_HTTP_TIMEOUT", "1")];
+    let mut env = twilio_env(&hanging.uri());
+    env.push(("REMINDER_HTTP_TIMEOUT", "1".into()));
     let mut child = db
         .command(&["run", "--now", "2025-11-17T09:00:00+07:00"], &pairs(&env))
         .spawn()
@@ -200,73 +203,85 @@ async fn crash_body(db: &TestDb) {
         if hanging.received_requests().await.unwrap_or_default().len() >= 3 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().await.expect("kill -9");
     assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sending'").await, 3);
 
-    // While the lease holds, another pass leaves them alone.
+    // While the lease holds, another pass leaves them alone, whatever its --now says: leases run
+    // on the real clock.
     let ok = twilio(created()).await;
-    let doc = run(db, &ok, "2025-11-17T09:00:10+07:00", &[]).await;
+    let doc = run(db, &ok, "2025-11-17T09:30:00+07:00", &timeout).await;
     assert_eq!(count(&doc, "sent"), 0, "{doc}");
-    // After it ends (15 s request timeout + 30 s margin), they are retried.
-    let doc = run(db, &ok, "2025-11-17T09:02:00+07:00", &[]).await;
+    // After it ends, they are retried: the attempt the dead pass made is not counted (its
+    // answer was never recorded), the expired lease is.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let doc = run(db, &ok, "2025-11-17T09:00:10+07:00", &timeout).await;
     assert_eq!(count(&doc, "sent"), 3, "{doc}");
-    assert_eq!(db.int("SELECT max(attempts) FROM messages").await, 2);
+    assert_eq!(db.int("SELECT max(attempts) FROM messages").await, 1);
+    assert_eq!(db.int("SELECT min(expired_leases) FROM messages").await, 1);
 }
 
 both!(a_pass_that_lost_its_lease_cannot_overwrite_the_next_one, lost_lease_body);
 async fn lost_lease_body(db: &TestDb) {
-    use reminderctl::store::Outcome;
+    use reminderctl::domain::channel::ChannelKind;
+    use reminderctl::domain::outbox::{Answer, Outcome, Request, Resolution};
+    use reminderctl::store::{ClaimRequest, InputScan};
     one_due_invoice(db).await;
-    let store = reminderctl::store::connect(&db.url).await.expect("store");
+    let store = reminderctl::store::connect(&db.url, TZ).await.expect("store");
     let t0: DateTime<Utc> = "2025-11-17T02:00:00Z".parse().expect("time");
     store
         .generate_dunning(
             "T-3",
             (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7)),
+            &InputScan::default(),
             t0,
             false,
             10,
         )
         .await
         .expect("generate");
-    let lease = t0 + chrono::Duration::seconds(45);
-    let a = store.claim("whatsapp", 10, "pass-a", t0, lease).await.expect("claim a");
-    assert_eq!(a.len(), 1);
-    assert!(store.claim("whatsapp", 10, "pass-b", t0, lease).await.expect("b").is_empty());
-    let later = t0 + chrono::Duration::seconds(60);
-    let b = store
-        .claim("whatsapp", 10, "pass-b", later, later + chrono::Duration::seconds(45))
-        .await
-        .expect("claim b");
-    assert_eq!(b.len(), 1, "an expired lease is taken back");
-
-    let outcome = |attempt, status, error: Option<&str>| Outcome {
-        id: a[0].id,
-        attempt,
-        channel: "whatsapp".into(),
-        status,
-        refund: false,
-        next_attempt_at: None,
-        error: error.map(str::to_string),
-        provider: Some("twilio"),
-        provider_message_id: None,
-        recipient: None,
-        subject: None,
-        body: None,
-        sent_at: Some(later),
-        history: Some(if status == "sent" { "sent" } else { "permanent" }),
-        at: later,
-        fallback: None,
+    let claim = |token: &'static str, lease: Duration| ClaimRequest {
+        channel: ChannelKind::WhatsApp,
+        limit: 10,
+        token,
+        now: t0,
+        lease,
     };
-    let lost =
-        store.record("pass-a", &[outcome(1, "failed", Some("late failure"))]).await.expect("a");
-    assert_eq!(lost, vec![a[0].id]);
+    let a = store.claim(&claim("pass-a", Duration::from_millis(300))).await.expect("claim a");
+    assert_eq!(a.len(), 1);
+    let id = a[0].id();
+    assert!(store.claim(&claim("pass-b", Duration::from_secs(45))).await.expect("b").is_empty());
+    // The lease runs on the real clock: a later business time does not end it, time does.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = store.claim(&claim("pass-b", Duration::from_secs(45))).await.expect("claim b");
+    assert_eq!(b.len(), 1, "an expired lease is taken back");
+    assert_eq!(b[0].row.as_ref().map(|r| r.expired_leases).ok(), Some(1));
+
+    let later = t0 + chrono::Duration::seconds(60);
+    let outcome = |resolution: Resolution, answer| Outcome {
+        id,
+        channel: ChannelKind::WhatsApp,
+        attempts: 0,
+        request: Some(Request {
+            provider: "twilio".into(),
+            answer,
+            recipient: "6281234567890".into(),
+            subject: None,
+            body: None,
+        }),
+        resolution,
+        at: later,
+    };
+    let failed = Resolution::Failed { reason: "late failure".into(), fallback: None };
+    let lost = store.record("pass-a", &[outcome(failed, Answer::Permanent)]).await.expect("a");
+    assert_eq!(lost.lost, vec![id]);
     assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("sending"));
-    let lost = store.record("pass-b", &[outcome(2, "sent", None)]).await.expect("b");
-    assert!(lost.is_empty());
+    let sent = Resolution::Sent { provider_message_id: Some("SM1".into()) };
+    let lost = store.record("pass-b", &[outcome(sent, Answer::Accepted)]).await.expect("b");
+    assert!(lost.lost.is_empty());
     assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("sent"));
+    assert_eq!(db.int("SELECT attempts FROM messages").await, 1);
     assert_eq!(
         db.int("SELECT count(*) FROM delivery_attempts WHERE outcome = 'late permanent'").await,
         1

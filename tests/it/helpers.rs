@@ -1,9 +1,10 @@
 //! Test harness: a fresh database per test on each backend, the real binary, and fixtures.
 //!
 //! PostgreSQL comes from `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`);
-//! each test creates its own database there and drops it at the end. Without a reachable server
-//! the PostgreSQL half of each test is skipped, said loudly once, unless `CI=true`, where an
-//! unreachable server fails the test instead.
+//! each test creates its own database there and drops it at the end, also when the test fails
+//! (a guard drops it while the panic unwinds). Without a reachable server the PostgreSQL half of
+//! each test is skipped, said loudly once, unless under CI (`CI` set to `true`, `1` or `yes`),
+//! where an unreachable server fails the test instead.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -25,14 +26,12 @@ macro_rules! both {
             async fn sqlite() {
                 let db = $crate::helpers::TestDb::sqlite().await;
                 super::$body(&db).await;
-                db.cleanup().await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 let Some(db) = $crate::helpers::TestDb::postgres().await else { return };
                 super::$body(&db).await;
-                db.cleanup().await;
             }
         }
     };
@@ -53,6 +52,36 @@ pub struct TestDb {
 
 static SKIP_NOTICE: Once = Once::new();
 
+/// The zone the tests' business dates are in (the default `REMINDER_TIMEZONE`).
+pub const TZ: chrono_tz::Tz = chrono_tz::Asia::Jakarta;
+
+/// Whether this run is CI, where skipping PostgreSQL is a failure.
+pub fn under_ci() -> bool {
+    std::env::var("CI")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
+}
+
+impl Drop for TestDb {
+    /// Drops the test's PostgreSQL database, on success and while a failed test unwinds. Runs on
+    /// a thread of its own: the test's runtime may be the one unwinding.
+    fn drop(&mut self) {
+        let Some((admin, name)) = self.admin.take() else { return };
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
@@ -62,7 +91,7 @@ impl TestDb {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite:{}", dir.path().join("test.db").display());
-        let store = reminderctl::store::connect(&url).await.expect("open sqlite");
+        let store = reminderctl::store::connect(&url, TZ).await.expect("open sqlite");
         store.migrate().await.expect("migrate sqlite");
         let pool = SqlitePoolOptions::new()
             .connect(&format!("{url}?mode=rwc"))
@@ -77,7 +106,7 @@ impl TestDb {
             Ok(c) => c,
             Err(e) => {
                 assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
+                    !under_ci(),
                     "PostgreSQL at TEST_DATABASE_URL is unreachable under CI: {e}"
                 );
                 SKIP_NOTICE.call_once(|| {
@@ -98,7 +127,7 @@ impl TestDb {
             .expect("create test database");
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
-        let store = reminderctl::store::connect(&url).await.expect("open postgres");
+        let store = reminderctl::store::connect(&url, TZ).await.expect("open postgres");
         store.migrate().await.expect("migrate postgres");
         let pool = PgPoolOptions::new().max_connections(4).connect(&url).await.expect("pg pool");
         Some(Self {
@@ -111,21 +140,6 @@ impl TestDb {
 
     pub fn is_postgres(&self) -> bool {
         matches!(self.pool, Pool::Postgres(_))
-    }
-
-    /// Drops the test's PostgreSQL database.
-    pub async fn cleanup(self) {
-        match self.pool {
-            Pool::Sqlite(p) => p.close().await,
-            Pool::Postgres(p) => p.close().await,
-        }
-        if let Some((admin, name)) = self.admin {
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            }
-        }
     }
 
     /// Runs SQL that both dialects accept.

@@ -1,0 +1,348 @@
+//! One channel's lane: a claimer takes batches inside the shared rate limit while a sender
+//! starts their sends, so the next batch is claimed while the current one goes out.
+//!
+//! Every send is checked just before it starts: not stopped (SIGTERM), not halted (results
+//! cannot be stored), the lane not paused (channel down, rate limited), the send window still
+//! open on the business clock, and enough of the lease left for the request to finish. A message
+//! that fails a check goes back as it was, without spending an attempt.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+
+use super::prepare::{prepare, Job, Prepared};
+use super::tally::Tally;
+use super::{policy, Pass};
+use crate::channels::Channel;
+use crate::domain::channel::ChannelKind;
+use crate::domain::outbox::{Answer, Outcome, Request, Resolution};
+use crate::store::{ClaimRequest, Claimed};
+
+/// Most messages claimed at once.
+const BATCH: u32 = 256;
+
+/// A claimed message waiting in a lane's queue for its send.
+pub(super) struct Queued {
+    pub claimed: Claimed,
+    /// When its rate-limit slot comes, if the channel has a rate limit.
+    pub slot: Option<Instant>,
+    /// When its lease ends (monotonic clock, from before the claim: never later than the
+    /// database's own lease).
+    pub lease_end: Instant,
+}
+
+/// Runs one channel until nothing is due, the budget is spent, or the lane stops.
+pub(super) async fn run(
+    pass: &Pass<'_>,
+    channel: ChannelKind,
+    provider: Arc<dyn Channel>,
+    tally: Arc<Tally>,
+) {
+    // The log provider reaches nobody's phone, so no gateway needs protecting from it.
+    let interval_ns = if provider.provider() == "log" || pass.manual {
+        None
+    } else {
+        pass.settings
+            .rate(channel.as_str())
+            .interval()
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            .filter(|ns| *ns > 0)
+    };
+    let (tx, rx) = mpsc::channel::<Queued>(BATCH as usize);
+    let claimer = claimer(pass, channel, interval_ns, &tally, tx);
+    let sender = sender(pass, provider, &tally, rx);
+    tokio::join!(claimer, sender);
+}
+
+/// Why the lane must not start a send now, if it must not.
+fn must_stop(pass: &Pass<'_>, tally: &Tally) -> Option<String> {
+    if pass.stop.requested() {
+        return Some("stopped by signal".into());
+    }
+    if let Some(reason) = pass.halt.reason() {
+        return Some(format!("the pass stopped sending: {reason}"));
+    }
+    if let Some(note) = tally.paused() {
+        return Some(note.to_string());
+    }
+    if !pass.manual && !pass.window_open() {
+        return Some("the send window closed during the pass".into());
+    }
+    None
+}
+
+/// Claims batches for a lane and queues them with their send slot and lease.
+async fn claimer(
+    pass: &Pass<'_>,
+    channel: ChannelKind,
+    interval_ns: Option<i64>,
+    tally: &Tally,
+    queue: mpsc::Sender<Queued>,
+) {
+    let settings = pass.settings;
+    let concurrency = u32::try_from(settings.concurrency).unwrap_or(u32::MAX);
+    // Claim only what the delivery slots can start soon, so no claimed message waits long.
+    let want = concurrency.saturating_mul(4).clamp(1, BATCH);
+    loop {
+        if let Some(reason) = must_stop(pass, tally) {
+            tally.pause(reason);
+            return;
+        }
+        let Some(left) = pass.deadline.checked_duration_since(Instant::now()) else { return };
+        let grant = match interval_ns {
+            None => None,
+            Some(interval) => match pass.store.reserve_slots(channel, want, interval, left).await {
+                Ok(Some(g)) => Some((g, Instant::now())),
+                Ok(None) => {
+                    held_by_rate_limit(pass, channel, tally).await;
+                    return;
+                }
+                Err(e) => {
+                    pass.halt.set(format!("cannot reserve rate-limit slots for {channel}: {e}"));
+                    return;
+                }
+            },
+        };
+        let limit = grant.map_or(want, |(g, _)| g.count);
+        let last_slot = grant.map_or(Duration::ZERO, |(g, _)| g.offset(g.count.saturating_sub(1)));
+        // The lease covers the wait for the last slot, the request and the result's write.
+        let lease = last_slot + pass.lease_margin();
+        let claim_start = Instant::now();
+        let request = ClaimRequest {
+            channel,
+            limit: i64::from(limit),
+            token: &pass.token,
+            now: pass.clock.now(),
+            lease,
+        };
+        let claimed = match pass.store.claim(&request).await {
+            Ok(c) => c,
+            Err(e) => {
+                pass.halt.set(format!("cannot claim {channel} messages: {e}"));
+                return;
+            }
+        };
+        if let Some((g, _)) = grant {
+            let unused = g.count.saturating_sub(claimed.len() as u32);
+            if unused > 0 {
+                if let Err(e) = pass.store.return_slots(channel, g, unused).await {
+                    tracing::warn!(error = %e, "could not give back unused rate-limit slots");
+                }
+            }
+        }
+        if claimed.is_empty() {
+            return;
+        }
+        let lease_end = claim_start + lease;
+        let mut batch = claimed.into_iter().enumerate();
+        while let Some((index, claimed)) = batch.next() {
+            let slot = grant.map(|(g, at)| at + g.offset(index as u32));
+            if let Err(mpsc::error::SendError(item)) =
+                queue.send(Queued { claimed, slot, lease_end }).await
+            {
+                // The sender has stopped: this message and the rest of the batch go back.
+                let reason = tally.paused().unwrap_or("the lane stopped").to_string();
+                for claimed in std::iter::once(item.claimed).chain(batch.map(|(_, c)| c)) {
+                    release(pass, tally, claimed, &reason).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// No slot is free before the pass's budget ends: the rest waits for the next pass, and the
+/// summary says why.
+async fn held_by_rate_limit(pass: &Pass<'_>, channel: ChannelKind, tally: &Tally) {
+    let rate = pass.settings.rate(channel.as_str());
+    let due = pass.store.count_due(channel, pass.clock.now()).await.unwrap_or(0);
+    if due > 0 {
+        tally.waiting(due);
+        tally.note(format!(
+            "held by the rate limit ({rate}): the next free slot is after this pass; {due} due \
+             message(s) wait for the next pass"
+        ));
+    }
+}
+
+/// Sends messages claimed by id (the test commands): the sender of a lane, fed by hand.
+pub(super) async fn send_claimed(
+    pass: &Pass<'_>,
+    provider: Arc<dyn Channel>,
+    tally: &Arc<Tally>,
+    claimed: Vec<Claimed>,
+    lease_end: Instant,
+) {
+    let (tx, rx) = mpsc::channel(claimed.len().max(1));
+    for claimed in claimed {
+        let _ = tx.send(Queued { claimed, slot: None, lease_end }).await;
+    }
+    drop(tx);
+    sender(pass, provider, tally, rx).await;
+}
+
+/// Gives a claimed message back untouched, from outside a lane.
+pub(super) async fn release_now(pass: &Pass<'_>, tally: &Tally, claimed: Claimed, reason: &str) {
+    release(pass, tally, claimed, reason).await;
+}
+
+/// Gives a claimed message back untouched: no attempt spent.
+async fn release(pass: &Pass<'_>, tally: &Tally, claimed: Claimed, reason: &str) {
+    let outcome = Outcome {
+        id: claimed.id(),
+        channel: tally.channel(),
+        attempts: claimed.row.as_ref().map_or(0, |r| r.attempts),
+        request: None,
+        resolution: Resolution::Released { reason: reason.to_string() },
+        at: pass.clock.now(),
+    };
+    tally.count(&claimed, &outcome);
+    pass.recorder.submit(outcome).await;
+}
+
+/// Prepares each queued message and starts its send inside the concurrency bound, at its rate
+/// slot, while its lease leaves time to finish.
+async fn sender(
+    pass: &Pass<'_>,
+    provider: Arc<dyn Channel>,
+    tally: &Arc<Tally>,
+    mut queue: mpsc::Receiver<Queued>,
+) {
+    let mut tasks = JoinSet::new();
+    while let Some(Queued { claimed, slot, lease_end }) = queue.recv().await {
+        let job = match prepare(&claimed, &pass.rules, pass.today()) {
+            Prepared::Done(resolution) => {
+                let outcome = Outcome {
+                    id: claimed.id(),
+                    channel: tally.channel(),
+                    attempts: claimed.row.as_ref().map_or(0, |r| r.attempts),
+                    request: None,
+                    resolution,
+                    at: pass.clock.now(),
+                };
+                log_outcome(&claimed, &outcome);
+                tally.count(&claimed, &outcome);
+                pass.recorder.submit(outcome).await;
+                continue;
+            }
+            Prepared::Send(job) => job,
+        };
+        let permit = tokio::select! {
+            p = pass.permits.clone().acquire_owned() => p.ok(),
+            () = pass.stop.wait() => None,
+            () = pass.halt.wait() => None,
+        };
+        if let Some(at) = slot {
+            let wait = at.saturating_duration_since(Instant::now());
+            // Sub-millisecond waits are not worth a timer: the slots keep the average exact.
+            if wait >= Duration::from_millis(1) {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = pass.stop.wait() => {}
+                    () = pass.halt.wait() => {}
+                }
+            }
+        }
+        let mut stop = must_stop(pass, tally);
+        // A send must be able to finish inside the lease, or another pass could take the
+        // message over while its request is still in flight.
+        if stop.is_none()
+            && lease_end.saturating_duration_since(Instant::now()) < pass.settings.request_timeout
+        {
+            stop = Some("the lease ran short; the rest waits for the next pass".into());
+        }
+        let (Some(permit), None) = (permit, stop.clone()) else {
+            let reason = stop.unwrap_or_else(|| "stopped by signal".into());
+            tally.pause(reason.clone());
+            // Give back this message and everything queued, attempts untouched.
+            release(pass, tally, claimed, &reason).await;
+            queue.close();
+            while let Some(rest) = queue.recv().await {
+                release(pass, tally, rest.claimed, &reason).await;
+            }
+            break;
+        };
+        tasks.spawn(send(pass.sending(provider.clone(), tally.clone()), claimed, *job, permit));
+        // Reap finished sends as we go, so memory stays flat however many are sent.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// What a send task carries after it leaves the lane.
+pub(super) struct Sending {
+    pub provider: Arc<dyn Channel>,
+    pub tally: Arc<Tally>,
+    pub recorder: super::recorder::Recorder,
+    pub store: Arc<dyn crate::store::Store>,
+    pub clock: crate::clock::Clock,
+    pub max_attempts: u32,
+}
+
+/// Sends one message, decides what follows, and holds the delivery slot until the result is
+/// stored.
+async fn send(ctx: Sending, claimed: Claimed, job: Job, permit: OwnedSemaphorePermit) {
+    let result = ctx.provider.send(&job.message).await;
+    let now = ctx.clock.now();
+    let (answer, resolution) =
+        policy::resolve(job.attempting(), result, ctx.max_attempts, now, rand::random::<f64>());
+    let channel = job.row.channel;
+    match (&answer, &resolution) {
+        (Answer::Accepted, _) if !ctx.tally.seen_success.swap(true, Ordering::SeqCst) => {
+            if let Err(e) = ctx.store.set_channel_down(channel, None, now).await {
+                tracing::warn!(error = %e, "could not clear the channel's down state");
+            }
+        }
+        (Answer::RateLimited, Resolution::Retry { reason, .. }) => {
+            // A rate limit says nothing about this message; the channel rests for this pass
+            // rather than hammering the provider.
+            ctx.tally.pause(format!("rate limited by the provider: {reason}"));
+        }
+        (Answer::ChannelDown, Resolution::Retry { reason, .. }) => {
+            ctx.tally.pause(format!("channel down: {reason}"));
+            if let Err(e) = ctx.store.set_channel_down(channel, Some(reason), now).await {
+                tracing::warn!(error = %e, "could not record the channel's down state");
+            }
+        }
+        _ => {}
+    }
+    let outcome = Outcome {
+        id: job.row.id,
+        channel,
+        attempts: job.row.attempts,
+        request: Some(Request {
+            provider: ctx.provider.provider().to_string(),
+            answer,
+            recipient: job.message.recipient.clone(),
+            subject: job.message.subject.clone(),
+            body: job.rendered.then(|| job.message.body.clone()),
+        }),
+        resolution,
+        at: now,
+    };
+    log_outcome(&claimed, &outcome);
+    ctx.tally.count(&claimed, &outcome);
+    ctx.recorder.record(outcome).await;
+    drop(permit);
+}
+
+fn log_outcome(claimed: &Claimed, o: &Outcome) {
+    let kind = claimed.row.as_ref().map_or("unknown", |r| r.kind.as_str());
+    let provider = o.request.as_ref().map_or("", |r| r.provider.as_str());
+    match &o.resolution {
+        Resolution::Sent { .. } => {
+            tracing::info!(message_id = o.id, kind, channel = %o.channel, provider, "sent");
+        }
+        other => tracing::warn!(
+            message_id = o.id,
+            kind,
+            channel = %o.channel,
+            status = other.status().as_str(),
+            error = other.reason().unwrap_or(""),
+            "not sent"
+        ),
+    }
+}

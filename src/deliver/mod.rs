@@ -1,0 +1,399 @@
+//! Delivery: claim due messages in batches under a lease, re-check and render each, send with
+//! bounded concurrency inside the shared rate limit, and write each result back as soon as it is
+//! known. A delivery slot is held until its result is stored, so a crash can leave at most
+//! `REMINDER_CONCURRENCY` messages whose fate is unknown (SPEC §6).
+//!
+//! The channel adapters say what happened; [`policy`] alone decides what to do next, and
+//! [`prepare`] decides what a message is before it goes out. Both are pure and return a
+//! [`Resolution`](crate::domain::outbox::Resolution), which the [`recorder`] writes, both stores
+//! map onto their columns, and the [`tally`] counts for the report.
+//!
+//! - [`lane`]: per channel, a claimer and a sender.
+//! - [`recorder`]: batched result writes; a write that fails for good halts the pass.
+//! - [`journal`]: results that could not be written, replayed by the next pass.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::channels::{Channel, Registry};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::domain::channel::ChannelKind;
+use crate::report::{ChannelLine, DeliveryReport, Detail};
+use crate::store::{Store, StoreError};
+use crate::templates::Templates;
+
+pub mod journal;
+mod lane;
+pub mod policy;
+pub mod prepare;
+pub mod recorder;
+pub mod tally;
+
+use journal::Journal;
+use prepare::Rules;
+use recorder::{Halt, Recorder};
+use tally::Tally;
+
+/// Detail lines kept for the human summary (all are kept for `--json`).
+pub const HUMAN_DETAILS: usize = 50;
+
+/// Rounds of a pass: the first sends what is due; each later one sends the fallback rows the
+/// previous round queued, while their channel can still take them.
+const ROUNDS: usize = ChannelKind::ALL.len();
+
+/// Asks a pass to stop early (SIGTERM, Ctrl-C): no new sends start, claimed ones go back.
+#[derive(Debug, Default)]
+pub struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+    pub fn requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if self.requested() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Everything a delivery pass needs.
+pub struct Delivery<'a> {
+    pub store: Arc<dyn Store>,
+    pub settings: &'a Settings,
+    pub registry: &'a Registry,
+    pub templates: &'a Templates,
+    pub clock: Clock,
+    pub stop: Arc<Stop>,
+    /// Keep every detail line (for `--json`), or only the first [`HUMAN_DETAILS`].
+    pub all_details: bool,
+    /// Where results that cannot be written are kept; `None` keeps none.
+    pub journal: Option<Journal>,
+}
+
+/// One round of a pass, shared by its lanes.
+pub(crate) struct Pass<'a> {
+    store: Arc<dyn Store>,
+    settings: &'a Settings,
+    rules: Rules<'a>,
+    clock: Clock,
+    stop: Arc<Stop>,
+    halt: Arc<Halt>,
+    token: String,
+    recorder: Recorder,
+    permits: Arc<Semaphore>,
+    /// When the pass stops claiming (monotonic clock).
+    deadline: Instant,
+    /// A person asked for exactly these messages: no send window, no rate limit.
+    manual: bool,
+}
+
+impl Pass<'_> {
+    fn window_open(&self) -> bool {
+        let local = self.clock.now().with_timezone(&self.settings.timezone);
+        self.settings.send_window.contains(local.time())
+    }
+
+    fn today(&self) -> NaiveDate {
+        self.clock.now().with_timezone(&self.settings.timezone).date_naive()
+    }
+
+    /// The lease beyond the wait for a slot: the request, then time to store its result.
+    fn lease_margin(&self) -> Duration {
+        self.settings.request_timeout * 3
+    }
+
+    fn sending(&self, provider: Arc<dyn Channel>, tally: Arc<Tally>) -> lane::Sending {
+        lane::Sending {
+            provider,
+            tally,
+            recorder: self.recorder.clone(),
+            store: self.store.clone(),
+            clock: self.clock,
+            max_attempts: self.settings.max_attempts,
+        }
+    }
+}
+
+impl Delivery<'_> {
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            templates: self.templates,
+            dunning: &self.settings.dunning,
+            max_attempts: self.settings.max_attempts,
+            sender_name: self.settings.sender_name.as_deref().unwrap_or_default(),
+            service_phone: self.settings.service_phone.as_deref().unwrap_or_default(),
+        }
+    }
+
+    fn keep(&self) -> usize {
+        if self.all_details {
+            usize::MAX
+        } else {
+            HUMAN_DETAILS
+        }
+    }
+
+    fn window_note(&self) -> Option<String> {
+        let local = self.clock.now().with_timezone(&self.settings.timezone);
+        let window = self.settings.send_window;
+        (!window.contains(local.time())).then(|| {
+            format!(
+                "outside the send window {window} ({} {}); messages wait until {}",
+                local.format("%H:%M"),
+                self.settings.timezone,
+                window.next_open(local.naive_local()).format("%Y-%m-%d %H:%M"),
+            )
+        })
+    }
+
+    /// Writes what an earlier pass could not store, before anything is claimed. If that fails,
+    /// the pass must not send: it could send again what the journal says was sent.
+    async fn replay(&self, report: &mut DeliveryReport) -> bool {
+        let Some(journal) = &self.journal else { return true };
+        match journal.replay(self.store.as_ref()).await {
+            Ok(done) => {
+                report.replayed = done.written;
+                report.late += done.late;
+                true
+            }
+            Err(e) => {
+                report.halted = Some(format!("{e}; nothing was sent"));
+                false
+            }
+        }
+    }
+
+    /// Runs one delivery pass over every configured channel.
+    pub async fn run(&self) -> Result<DeliveryReport, StoreError> {
+        let mut report = DeliveryReport::default();
+        if !self.replay(&mut report).await {
+            return Ok(report);
+        }
+        report.window_closed = self.window_note();
+        let now = self.clock.now();
+        let mut lines: Vec<ChannelLine> = Vec::new();
+        let mut details: Vec<Detail> = Vec::new();
+        let mut round: Vec<(ChannelKind, Arc<dyn Channel>)> = Vec::new();
+        for channel in ChannelKind::ALL {
+            match self.registry.get(channel.as_str()) {
+                Some(provider) if report.window_closed.is_none() => round.push((channel, provider)),
+                provider => {
+                    let waiting = self.store.count_due(channel, now).await?;
+                    let name = provider.map(|p| p.provider().to_string());
+                    if waiting > 0 || name.is_some() {
+                        lines.push(ChannelLine {
+                            channel: channel.as_str().to_string(),
+                            note: Some(if name.is_none() {
+                                Settings::unconfigured_reason(channel.as_str()).to_string()
+                            } else {
+                                "send window closed".to_string()
+                            }),
+                            provider: name,
+                            waiting,
+                            ..ChannelLine::default()
+                        });
+                    }
+                }
+            }
+        }
+        let token = claim_token();
+        let halt = Arc::new(Halt::default());
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let deadline = Instant::now() + self.settings.pass_budget;
+        for _ in 0..ROUNDS {
+            if round.is_empty() || self.stop.requested() || halt.reason().is_some() {
+                break;
+            }
+            let (recorder, written) = recorder::start(
+                self.store.clone(),
+                token.clone(),
+                halt.clone(),
+                self.journal.clone(),
+            );
+            let pass = Pass {
+                store: self.store.clone(),
+                settings: self.settings,
+                rules: self.rules(),
+                clock: self.clock,
+                stop: self.stop.clone(),
+                halt: halt.clone(),
+                token: token.clone(),
+                recorder,
+                permits: permits.clone(),
+                deadline,
+                manual: false,
+            };
+            let tallies: Vec<Arc<Tally>> = round
+                .iter()
+                .map(|(c, p)| Arc::new(Tally::new(*c, p.provider(), self.keep())))
+                .collect();
+            let running = round
+                .iter()
+                .zip(&tallies)
+                .map(|((c, p), t)| lane::run(&pass, *c, p.clone(), t.clone()));
+            futures::future::join_all(running).await;
+            drop(pass);
+            let written = written.await.unwrap_or_default();
+            report.late += written.late;
+            report.unrecorded += written.unrecorded;
+            report.journaled += written.journaled;
+            for tally in &tallies {
+                let (line, mut more) = tally.finish();
+                details.append(&mut more);
+                match lines.iter_mut().find(|l| l.channel == line.channel) {
+                    Some(existing) => Tally::merge(existing, line),
+                    None => lines.push(line),
+                }
+            }
+            // Fallback rows go out in this pass when their channel's lane can still take them.
+            round = written
+                .fallbacks
+                .iter()
+                .filter_map(|c| {
+                    let usable = tallies
+                        .iter()
+                        .find(|t| t.channel() == *c)
+                        .is_none_or(|t| t.paused().is_none());
+                    let provider = self.registry.get(c.as_str())?;
+                    (usable && Instant::now() < deadline).then_some((*c, provider))
+                })
+                .collect();
+        }
+        lines.sort_by_key(|l| {
+            l.channel.parse::<ChannelKind>().map_or(usize::MAX, ChannelKind::index)
+        });
+        report.channels = lines;
+        report.details = details;
+        if report.halted.is_none() {
+            report.halted = halt.reason().map(str::to_string);
+        }
+        Ok(report)
+    }
+
+    /// Delivers the given messages now, outside the send window and the rate limits: a person
+    /// at a terminal asked for exactly these (`test-whatsapp`, `test-dunning`).
+    pub async fn deliver_now(&self, ids: &[i64]) -> Result<DeliveryReport, StoreError> {
+        let mut report = DeliveryReport::default();
+        if !self.replay(&mut report).await {
+            return Ok(report);
+        }
+        let token = claim_token();
+        let halt = Arc::new(Halt::default());
+        let lease = self.settings.request_timeout * 4;
+        let claim_start = Instant::now();
+        let claimed = self.store.claim_ids(ids, &token, lease).await?;
+        let (recorder, written) =
+            recorder::start(self.store.clone(), token.clone(), halt.clone(), self.journal.clone());
+        let pass = Pass {
+            store: self.store.clone(),
+            settings: self.settings,
+            rules: self.rules(),
+            clock: self.clock,
+            stop: self.stop.clone(),
+            halt: halt.clone(),
+            token,
+            recorder,
+            permits: Arc::new(Semaphore::new(self.settings.concurrency)),
+            deadline: claim_start + lease,
+            manual: true,
+        };
+        let mut tallies = Vec::new();
+        for channel in ChannelKind::ALL {
+            let mine: Vec<_> = claimed
+                .iter()
+                .filter(|c| c.row.as_ref().is_ok_and(|r| r.channel == channel))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let Some(provider) = self.registry.get(channel.as_str()) else {
+                let tally = Tally::new(channel, "none", usize::MAX);
+                let reason = Settings::unconfigured_reason(channel.as_str());
+                for c in mine {
+                    lane::release_now(&pass, &tally, c, reason).await;
+                }
+                continue;
+            };
+            let tally = Arc::new(Tally::new(channel, provider.provider(), usize::MAX));
+            lane::send_claimed(&pass, provider, &tally, mine, claim_start + lease).await;
+            tallies.push(tally);
+        }
+        drop(pass);
+        let written = written.await.unwrap_or_default();
+        report.late = written.late;
+        report.unrecorded = written.unrecorded;
+        report.journaled = written.journaled;
+        for tally in tallies {
+            let (line, mut details) = tally.finish();
+            report.channels.push(line);
+            report.details.append(&mut details);
+        }
+        report.halted = halt.reason().map(str::to_string);
+        Ok(report)
+    }
+
+    /// Previews what `run` would send, claiming nothing.
+    pub async fn preview(&self) -> Result<DeliveryReport, StoreError> {
+        let now = self.clock.now();
+        let mut report =
+            DeliveryReport { window_closed: self.window_note(), ..DeliveryReport::default() };
+        for channel in ChannelKind::ALL {
+            let waiting = self.store.count_due(channel, now).await?;
+            let keep = if self.all_details { waiting } else { HUMAN_DETAILS as u64 };
+            let due = self
+                .store
+                .preview_due(channel, now, i64::try_from(keep.min(waiting)).unwrap_or(i64::MAX))
+                .await?;
+            let provider = self.registry.get(channel.as_str()).map(|p| p.provider().to_string());
+            let sendable = provider.is_some() && report.window_closed.is_none();
+            if waiting == 0 && provider.is_none() {
+                continue;
+            }
+            report.channels.push(ChannelLine {
+                channel: channel.as_str().to_string(),
+                provider: provider.clone(),
+                waiting,
+                note: (!sendable).then(|| {
+                    if provider.is_none() {
+                        Settings::unconfigured_reason(channel.as_str()).to_string()
+                    } else {
+                        "send window closed".to_string()
+                    }
+                }),
+                ..ChannelLine::default()
+            });
+            report.details.extend(due.into_iter().map(|p| Detail {
+                id: Some(p.id),
+                kind: p.kind,
+                stage: p.stage,
+                channel: p.channel,
+                provider: provider.clone(),
+                recipient: None,
+                status: if sendable { "would send".into() } else { "would wait".into() },
+                error: None,
+                provider_message_id: None,
+            }));
+        }
+        Ok(report)
+    }
+}
+
+/// A claim token unique to this pass: every write after the claim must present it.
+fn claim_token() -> String {
+    format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+}

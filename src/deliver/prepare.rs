@@ -1,0 +1,476 @@
+//! Just before a claimed message goes out: re-check it against its subject as it is now (paid,
+//! moved, stage over, opted out), render its text and address it. Pure: the claim brought every
+//! value this needs, each decoded on its own, so a bad value fails only its own message.
+
+use chrono::NaiveDate;
+
+use super::policy::{self, Attempting};
+use crate::channels::OutboundMessage;
+use crate::domain::channel::ChannelKind;
+use crate::domain::dunning::DunningPolicy;
+use crate::domain::outbox::{Kind, Resolution};
+use crate::domain::{format, phone};
+use crate::store::{BadValue, Cell, Claimed, ClaimedRow, ContactRow};
+use crate::templates::{DunningVars, MaintenanceVars, Rendered, Templates};
+
+/// Longest text any channel is handed; a longer one is a data error, not a message.
+pub const MAX_BODY_CHARS: usize = 65_536;
+
+/// What preparing needs besides the message.
+pub struct Rules<'a> {
+    pub templates: &'a Templates,
+    pub dunning: &'a DunningPolicy,
+    pub max_attempts: u32,
+    pub sender_name: &'a str,
+    pub service_phone: &'a str,
+}
+
+/// A message ready for its provider.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub row: ClaimedRow,
+    pub message: OutboundMessage,
+    /// The text rendered now, to keep on the row (rows that carry their text keep it).
+    pub rendered: bool,
+    /// The contact's channel preference, for fallback after the send.
+    pub preference: Option<String>,
+}
+
+impl Job {
+    pub fn attempting(&self) -> Attempting<'_> {
+        Attempting {
+            kind: self.row.kind,
+            channel: self.row.channel,
+            attempts: self.row.attempts,
+            preference: self.preference.as_deref(),
+        }
+    }
+}
+
+/// The outcome of preparing: decided without a request, or ready to send.
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Done(Resolution),
+    Send(Box<Job>),
+}
+
+fn value<T>(cell: &Cell<T>) -> Result<Option<T>, Resolution>
+where
+    T: Clone,
+{
+    cell.clone().map_err(|bad| bad_value(&bad))
+}
+
+fn bad_value(bad: &BadValue) -> Resolution {
+    Resolution::Failed { reason: bad.to_string(), fallback: None }
+}
+
+/// Re-checks and renders one claimed message as of `today` (business clock).
+pub fn prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Prepared {
+    match try_prepare(claimed, rules, today) {
+        Ok(job) => Prepared::Send(Box::new(job)),
+        Err(resolution) => Prepared::Done(resolution),
+    }
+}
+
+fn try_prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Result<Job, Resolution> {
+    let row = match &claimed.row {
+        Ok(row) => row,
+        Err((_, reason)) => {
+            return Err(Resolution::Failed { reason: reason.clone(), fallback: None })
+        }
+    };
+    // Each expired lease is a pass that died holding this message, possibly mid-request. Past
+    // the attempt budget it is not sent again: a message that keeps killing its pass must not
+    // loop, and every one of those passes may have delivered it.
+    if row.expired_leases >= rules.max_attempts as i32 {
+        return Err(Resolution::Failed {
+            reason: format!(
+                "outcome unknown: {} passes stopped while delivering it (killed or lost their \
+                 database) without recording an answer; the provider may or may not have received \
+                 it, so it is not sent again",
+                row.expired_leases
+            ),
+            fallback: None,
+        });
+    }
+    if row.kind == Kind::Test {
+        // Addressed and written when queued by a test command; no contact behind it.
+        let recipient = row.recipient.clone().ok_or_else(|| Resolution::Failed {
+            reason: "the test message has no recipient".into(),
+            fallback: None,
+        })?;
+        return Ok(Job {
+            row: row.clone(),
+            message: OutboundMessage {
+                id: row.id,
+                recipient,
+                subject: row.subject.clone(),
+                body: row.body.clone().unwrap_or_default(),
+                media_url: row.media_url.clone(),
+            },
+            rendered: false,
+            preference: None,
+        });
+    }
+    let Some(contact) = &claimed.contact else {
+        let who = row.contact_id.map_or_else(|| "(none)".to_string(), |id| id.to_string());
+        return Err(Resolution::Failed {
+            reason: format!("contact {who} not found"),
+            fallback: None,
+        });
+    };
+    let preference = value(&contact.channels)?;
+    let attempting = Attempting {
+        kind: row.kind,
+        channel: row.channel,
+        attempts: row.attempts,
+        preference: preference.as_deref(),
+    };
+    if contact.opted_out {
+        return Err(Resolution::Skipped { reason: "contact opted out".into(), fallback: None });
+    }
+    let name = value(&contact.name)?.unwrap_or_default();
+    let (rendered, was_rendered) = match row.kind {
+        Kind::Dunning => (dunning(claimed, row, rules, today, name)?, true),
+        Kind::Maintenance => (maintenance(claimed, row, rules, today, name)?, true),
+        Kind::Scheduled | Kind::Test => (
+            Rendered {
+                subject: row.subject.clone().unwrap_or_default(),
+                body: row.body.clone().unwrap_or_default(),
+            },
+            false,
+        ),
+    };
+    if rendered.body.trim().is_empty() && row.media_url.is_none() {
+        return Err(Resolution::Failed { reason: "the message is empty".into(), fallback: None });
+    }
+    let length = rendered.body.chars().count();
+    if length > MAX_BODY_CHARS {
+        return Err(Resolution::Failed {
+            reason: format!(
+                "the message is {length} characters long, more than any channel carries \
+                 ({MAX_BODY_CHARS}); check the data it is made from"
+            ),
+            fallback: None,
+        });
+    }
+    let recipient = match address(contact, row.channel) {
+        Ok(r) => r,
+        Err(Unusable::Missing(what)) => {
+            return Err(policy::skipped(attempting, format!("contact has no {what}")))
+        }
+        Err(Unusable::Invalid(why)) => return Err(policy::failed(attempting, why)),
+        Err(Unusable::Bad(bad)) => return Err(bad_value(&bad)),
+    };
+    Ok(Job {
+        row: row.clone(),
+        message: OutboundMessage {
+            id: row.id,
+            recipient,
+            subject: (!rendered.subject.is_empty()).then_some(rendered.subject),
+            body: rendered.body,
+            media_url: row.media_url.clone(),
+        },
+        rendered: was_rendered,
+        preference,
+    })
+}
+
+fn cancelled(reason: impl Into<String>) -> Resolution {
+    Resolution::Cancelled { reason: reason.into() }
+}
+
+fn dunning(
+    claimed: &Claimed,
+    row: &ClaimedRow,
+    rules: &Rules<'_>,
+    today: NaiveDate,
+    name: String,
+) -> Result<Rendered, Resolution> {
+    let Some(invoice) = &claimed.invoice else {
+        return Err(cancelled("the invoice no longer exists"));
+    };
+    let status = value(&invoice.status)?.unwrap_or_default();
+    if status != "unpaid" {
+        return Err(cancelled(format!("invoice is {status}")));
+    }
+    let Some(due) = value(&invoice.due_date)? else {
+        return Err(Resolution::Failed {
+            reason: format!("invoices {} due_date is empty", invoice.id),
+            fallback: None,
+        });
+    };
+    if row.event_date != Some(due) {
+        return Err(cancelled(format!("the invoice's due date changed to {due}")));
+    }
+    let current = rules.dunning.current_stage(due, today);
+    let stage = row.stage.clone().unwrap_or_default();
+    if current.as_ref().map(|s| s.name.as_str()) != Some(stage.as_str()) {
+        let now_stage = current.map_or_else(|| "none".to_string(), |s| s.name);
+        return Err(cancelled(format!("stage {stage} is over (current stage: {now_stage})")));
+    }
+    let days = (today - due).num_days();
+    let amount = value(&invoice.amount)?.unwrap_or(0);
+    let number = value(&invoice.number)?
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| format!("#{}", invoice.id));
+    rules
+        .templates
+        .dunning(
+            &DunningVars {
+                name,
+                invoice_number: number,
+                amount: format::rupiah(amount),
+                amount_value: amount,
+                due_date: format::tanggal(due),
+                stage,
+                days_left: (-days).max(0),
+                days_overdue: days.max(0),
+                sender_name: rules.sender_name.to_string(),
+                service_phone: rules.service_phone.to_string(),
+            },
+            days > 0,
+        )
+        .map_err(|e| Resolution::Failed { reason: e.to_string(), fallback: None })
+}
+
+fn maintenance(
+    claimed: &Claimed,
+    row: &ClaimedRow,
+    rules: &Rules<'_>,
+    today: NaiveDate,
+    name: String,
+) -> Result<Rendered, Resolution> {
+    let Some(vehicle) = &claimed.vehicle else {
+        return Err(cancelled("the vehicle no longer exists"));
+    };
+    let visit = value(&vehicle.visit_date)?;
+    if visit.is_none() || visit != row.event_date {
+        let now = visit.map_or_else(|| "none".to_string(), |d| d.to_string());
+        return Err(cancelled(format!("the vehicle's visit date changed to {now}")));
+    }
+    let visit = visit.unwrap_or(today);
+    let plate_no = value(&vehicle.plate_no)?.unwrap_or_default();
+    rules
+        .templates
+        .maintenance(&MaintenanceVars {
+            name,
+            plate_no,
+            visit_date: format::dd_mm_yyyy(visit),
+            days_until_visit: (visit - today).num_days(),
+            sender_name: rules.sender_name.to_string(),
+            service_phone: rules.service_phone.to_string(),
+        })
+        .map_err(|e| Resolution::Failed { reason: e.to_string(), fallback: None })
+}
+
+enum Unusable {
+    /// The contact has no address for this channel (skipped).
+    Missing(&'static str),
+    /// The address is there but unusable (failed, with the reason).
+    Invalid(String),
+    /// The column holds a value that is not text.
+    Bad(BadValue),
+}
+
+/// The contact's address on `channel`, normalized.
+fn address(c: &ContactRow, channel: ChannelKind) -> Result<String, Unusable> {
+    let present = |cell: &Cell<String>| match cell {
+        Ok(v) => Ok(v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)),
+        Err(bad) => Err(Unusable::Bad(bad.clone())),
+    };
+    match channel {
+        ChannelKind::WhatsApp => {
+            let raw = present(&c.phone)?.ok_or(Unusable::Missing("phone number"))?;
+            phone::normalize(&raw).map_err(|e| Unusable::Invalid(e.to_string()))
+        }
+        ChannelKind::Telegram => {
+            present(&c.telegram_chat_id)?.ok_or(Unusable::Missing("Telegram chat id"))
+        }
+        ChannelKind::Email => {
+            let email = present(&c.email)?.ok_or(Unusable::Missing("email address"))?;
+            if email.contains('@') && !email.contains(char::is_whitespace) && email.len() <= 320 {
+                Ok(email)
+            } else {
+                Err(Unusable::Invalid(format!(
+                    "invalid email address '{}'",
+                    crate::store::shown(&email)
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::InvoiceRow;
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn contact() -> ContactRow {
+        ContactRow {
+            id: 1,
+            name: Ok(Some("Budi".into())),
+            phone: Ok(Some("0812-3456-7890".into())),
+            email: Ok(Some("budi@example.com".into())),
+            telegram_chat_id: Ok(None),
+            channels: Ok(Some("whatsapp,email".into())),
+            opted_out: false,
+        }
+    }
+
+    fn dunning_message(due: &str) -> Claimed {
+        Claimed {
+            row: Ok(ClaimedRow {
+                id: 7,
+                kind: Kind::Dunning,
+                subject_id: Some(3),
+                stage: Some("T-3".into()),
+                event_date: Some(d(due)),
+                channel: ChannelKind::WhatsApp,
+                subject: None,
+                body: None,
+                media_url: None,
+                recipient: None,
+                attempts: 0,
+                expired_leases: 0,
+                contact_id: Some(1),
+            }),
+            contact: Some(contact()),
+            invoice: Some(InvoiceRow {
+                id: 3,
+                number: Ok(Some("INV-1".into())),
+                amount: Ok(Some(150_000)),
+                due_date: Ok(Some(d(due))),
+                status: Ok(Some("unpaid".into())),
+            }),
+            vehicle: None,
+        }
+    }
+
+    fn run(c: &Claimed, today: &str) -> Prepared {
+        let templates = Templates::load(None).unwrap();
+        let dunning = DunningPolicy::new("7,3,1", 3, 4).unwrap();
+        let rules = Rules {
+            templates: &templates,
+            dunning: &dunning,
+            max_attempts: 3,
+            sender_name: "Tim",
+            service_phone: "",
+        };
+        prepare(c, &rules, d(today))
+    }
+
+    fn done(p: Prepared) -> Resolution {
+        match p {
+            Prepared::Done(r) => r,
+            Prepared::Send(job) => panic!("sent: {job:?}"),
+        }
+    }
+
+    #[test]
+    fn a_current_stage_is_rendered_and_addressed() {
+        let Prepared::Send(job) = run(&dunning_message("2025-11-20"), "2025-11-17") else {
+            panic!("not sent")
+        };
+        assert_eq!(job.message.recipient, "6281234567890");
+        assert!(job.message.body.contains("Rp 150.000"), "{}", job.message.body);
+        assert!(job.rendered);
+    }
+
+    #[test]
+    fn a_paid_invoice_is_cancelled() {
+        let mut c = dunning_message("2025-11-20");
+        if let Some(i) = c.invoice.as_mut() {
+            i.status = Ok(Some("paid".into()));
+        }
+        assert_eq!(done(run(&c, "2025-11-17")), cancelled("invoice is paid"));
+    }
+
+    #[test]
+    fn a_moved_due_date_or_a_finished_stage_cancels() {
+        let mut c = dunning_message("2025-11-20");
+        if let Some(i) = c.invoice.as_mut() {
+            i.due_date = Ok(Some(d("2025-12-20")));
+        }
+        assert!(matches!(done(run(&c, "2025-11-17")), Resolution::Cancelled { reason }
+            if reason.contains("changed to 2025-12-20")));
+        let c = dunning_message("2025-11-20");
+        assert!(matches!(done(run(&c, "2025-11-19")), Resolution::Cancelled { reason }
+            if reason.contains("stage T-3 is over")));
+    }
+
+    #[test]
+    fn an_opted_out_contact_is_skipped_at_send_time() {
+        let mut c = dunning_message("2025-11-20");
+        if let Some(ct) = c.contact.as_mut() {
+            ct.opted_out = true;
+        }
+        assert!(matches!(done(run(&c, "2025-11-17")), Resolution::Skipped { .. }));
+    }
+
+    #[test]
+    fn a_missing_phone_skips_and_falls_back() {
+        let mut c = dunning_message("2025-11-20");
+        if let Some(ct) = c.contact.as_mut() {
+            ct.phone = Ok(Some("  ".into()));
+        }
+        assert_eq!(
+            done(run(&c, "2025-11-17")),
+            Resolution::Skipped {
+                reason: "contact has no phone number; falling back to email".into(),
+                fallback: Some(ChannelKind::Email)
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_value_fails_the_message_naming_table_row_column_and_value() {
+        let mut c = dunning_message("2025-11-20");
+        if let Some(i) = c.invoice.as_mut() {
+            i.amount =
+                Err(BadValue::new("invoices", 3, "amount", "abc", "'abc' is not a whole number"));
+        }
+        let Resolution::Failed { reason, fallback: None } = done(run(&c, "2025-11-17")) else {
+            panic!()
+        };
+        assert_eq!(reason, "invoices 3 amount: 'abc' is not a whole number");
+        let mut c = dunning_message("2025-11-20");
+        if let Some(i) = c.invoice.as_mut() {
+            i.due_date = Err(BadValue::new("invoices", 3, "due_date", "x", "'x' is not a date"));
+        }
+        assert!(
+            matches!(done(run(&c, "2025-11-17")), Resolution::Failed { reason, .. }
+            if reason.contains("due_date")),
+            "an unreadable due date is not 'no longer exists'"
+        );
+    }
+
+    #[test]
+    fn a_message_held_by_passes_that_died_is_not_sent_again_past_the_budget() {
+        let mut c = dunning_message("2025-11-20");
+        if let Ok(r) = c.row.as_mut() {
+            r.expired_leases = 2;
+        }
+        assert!(matches!(run(&c, "2025-11-17"), Prepared::Send(_)));
+        if let Ok(r) = c.row.as_mut() {
+            r.expired_leases = 3;
+        }
+        assert!(matches!(done(run(&c, "2025-11-17")), Resolution::Failed { reason, .. }
+            if reason.starts_with("outcome unknown")));
+    }
+
+    #[test]
+    fn a_missing_contact_or_an_unreadable_row_fails_with_the_reason() {
+        let mut c = dunning_message("2025-11-20");
+        c.contact = None;
+        assert!(matches!(done(run(&c, "2025-11-17")), Resolution::Failed { reason, .. }
+            if reason == "contact 1 not found"));
+        c.row = Err((7, "outbox row 7 cannot be read: kind".into()));
+        assert!(matches!(done(run(&c, "2025-11-17")), Resolution::Failed { .. }));
+    }
+}
