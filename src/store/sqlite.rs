@@ -37,6 +37,9 @@ use crate::domain::outbox::Outcome;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file, for the migration lock; `None` for an in-memory database.
@@ -252,7 +255,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30))
+            // Long enough for other passes' short writes; past it a held lock fails the write,
+            // and the pass halts with its results in the journal rather than waiting forever.
+            .busy_timeout(BUSY_TIMEOUT)
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let filename = options.get_filename().to_path_buf();
@@ -1347,5 +1352,30 @@ impl Store for SqliteStore {
         }
         w.commit().await?;
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbox_timestamps_are_fixed_width_and_sort_as_time() {
+        let t: DateTime<Utc> = "2025-11-18T02:00:00Z".parse().unwrap();
+        assert_eq!(ts(t), "2025-11-18T02:00:00.000Z");
+        let far = DateTime::<Utc>::MAX_UTC;
+        assert_eq!(ts(far), "9999-12-31T23:59:59.999Z");
+        assert!(ts(far) > ts(t));
+        assert_eq!(ts(far).len(), ts(t).len());
+        assert_eq!(ts(DateTime::<Utc>::MIN_UTC), "0000-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn the_odd_date_expression_is_the_one_the_indexes_use() {
+        let migration =
+            include_str!("../../migrations/sqlite/20251201000000_split_leases_from_due_times.sql");
+        for column in ["due_date", "next_visit_date", "last_visit_date"] {
+            assert!(migration.contains(&odd_date(column).replace("    ", "")), "{column}");
+        }
     }
 }

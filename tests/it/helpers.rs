@@ -261,3 +261,131 @@ pub fn count(doc: &Value, key: &str) -> u64 {
 pub fn project_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Twilio's Messages path for the test account.
+pub const TWILIO_PATH: &str =
+    "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
+
+/// A loopback Twilio that accepts everything, after `delay`, and records when each request
+/// arrived and for whom: what the provider received is what the tests count.
+pub struct Sink {
+    pub server: wiremock::MockServer,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+}
+
+struct Recording {
+    log: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    /// The delay of the first `first_count` requests, then of every later one.
+    delay: std::time::Duration,
+    first_count: usize,
+    later: std::time::Duration,
+}
+
+impl wiremock::Respond for Recording {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let body = String::from_utf8_lossy(&request.body).to_string();
+        let to = body.split('&').find(|p| p.starts_with("To=")).unwrap_or("").to_string();
+        let n = {
+            let mut log = self.log.lock().expect("sink log");
+            log.push((std::time::Instant::now(), to));
+            log.len()
+        };
+        wiremock::ResponseTemplate::new(201)
+            .set_body_json(serde_json::json!({"sid": format!("SM{n:06}"), "status": "queued"}))
+            .set_delay(if n <= self.first_count { self.delay } else { self.later })
+    }
+}
+
+impl Sink {
+    pub async fn start(delay: std::time::Duration) -> Self {
+        Self::slow_then(delay, usize::MAX, delay).await
+    }
+
+    /// A sink whose first `first_count` answers take `delay`, and every later one `later`.
+    pub async fn slow_then(
+        delay: std::time::Duration,
+        first_count: usize,
+        later: std::time::Duration,
+    ) -> Self {
+        let server = wiremock::MockServer::start().await;
+        let log = std::sync::Arc::default();
+        let responder = Recording { log: std::sync::Arc::clone(&log), delay, first_count, later };
+        wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .and(wiremock::matchers::path(TWILIO_PATH))
+            .respond_with(responder)
+            .mount(&server)
+            .await;
+        Self { server, log }
+    }
+
+    pub fn uri(&self) -> String {
+        self.server.uri()
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.log.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    /// Waits until at least `n` requests arrived; panics after `within`.
+    pub async fn wait_for(&self, n: usize, within: std::time::Duration) {
+        let until = std::time::Instant::now() + within;
+        while self.count() < n {
+            assert!(std::time::Instant::now() < until, "the sink saw {} of {n}", self.count());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// How many requests each recipient got.
+    pub fn per_recipient(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, to) in self.log.lock().expect("sink log").iter() {
+            *counts.entry(to.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// When each request arrived, in order.
+    pub fn times(&self) -> Vec<std::time::Instant> {
+        self.log.lock().expect("sink log").iter().map(|(t, _)| *t).collect()
+    }
+}
+
+/// `n` contacts with distinct WhatsApp numbers, each with one unpaid invoice due 2025-11-20
+/// (stage T-3 at [`T3_NOW`]). SQL both dialects accept.
+pub async fn many_due(db: &TestDb, n: i64) {
+    db.exec(&format!(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < {n}) \
+         INSERT INTO contacts (name, phone, channels) \
+         SELECT 'Pelanggan ' || CAST(i AS TEXT), '0812' || CAST(10000000 + i AS TEXT), 'whatsapp' \
+         FROM k"
+    ))
+    .await;
+    db.exec(
+        "INSERT INTO invoices (number, contact_id, amount, due_date) \
+         SELECT 'INV-' || CAST(id AS TEXT), id, 150000, '2025-11-20' FROM contacts",
+    )
+    .await;
+}
+
+/// The business instant at which [`many_due`]'s invoices are at stage T-3.
+pub const T3_NOW: &str = "2025-11-17T09:00:00+07:00";
+
+/// The outbox's counts by status, as `status=count` pairs sorted by status.
+pub async fn statuses(db: &TestDb) -> String {
+    let mut out = Vec::new();
+    for status in ["pending", "sending", "sent", "failed", "cancelled", "skipped"] {
+        let n = db.int(&format!("SELECT count(*) FROM messages WHERE status = '{status}'")).await;
+        if n > 0 {
+            out.push(format!("{status}={n}"));
+        }
+    }
+    out.join(" ")
+}
+
+/// Sends SIGTERM (or another signal) to a child process.
+pub fn signal(child: &tokio::process::Child, sig: &str) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").args(["-s", sig, &pid.to_string()]).status();
+    }
+}
