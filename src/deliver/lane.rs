@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
 use super::prepare::{prepare, Job, Prepared};
@@ -51,10 +51,19 @@ pub(super) async fn run(
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
             .filter(|ns| *ns > 0)
     };
-    let (tx, rx) = mpsc::channel::<Queued>(BATCH as usize);
-    let claimer = claimer(pass, channel, interval_ns, &tally, tx);
-    let sender = sender(pass, provider, &tally, rx);
+    // The queue holds one batch: the next is claimed once the sender has taken the last one,
+    // so no claimed message waits behind more than a batch.
+    let (tx, rx) = mpsc::channel::<Queued>(batch_size(pass) as usize);
+    let drained = Notify::new();
+    let claimer = claimer(pass, channel, interval_ns, &tally, tx, &drained);
+    let sender = sender(pass, provider, &tally, rx, Some(&drained));
     tokio::join!(claimer, sender);
+}
+
+/// Most messages claimed at once: what the delivery slots can start soon.
+fn batch_size(pass: &Pass<'_>) -> u32 {
+    let concurrency = u32::try_from(pass.settings.concurrency).unwrap_or(u32::MAX);
+    concurrency.saturating_mul(4).clamp(1, BATCH)
 }
 
 /// Why the lane must not start a send now, if it must not.
@@ -81,12 +90,14 @@ async fn claimer(
     interval_ns: Option<i64>,
     tally: &Tally,
     queue: mpsc::Sender<Queued>,
+    drained: &Notify,
 ) {
-    let settings = pass.settings;
-    let concurrency = u32::try_from(settings.concurrency).unwrap_or(u32::MAX);
-    // Claim only what the delivery slots can start soon, so no claimed message waits long.
-    let want = concurrency.saturating_mul(4).clamp(1, BATCH);
+    let concurrency = u32::try_from(pass.settings.concurrency).unwrap_or(u32::MAX).max(1);
+    let want = batch_size(pass);
     loop {
+        while queue.capacity() < queue.max_capacity() && !queue.is_closed() {
+            drained.notified().await;
+        }
         if let Some(reason) = must_stop(pass, tally) {
             tally.pause(reason);
             return;
@@ -108,8 +119,9 @@ async fn claimer(
         };
         let limit = grant.map_or(want, |(g, _)| g.count);
         let last_slot = grant.map_or(Duration::ZERO, |(g, _)| g.offset(g.count.saturating_sub(1)));
-        // The lease covers the wait for the last slot, the request and the result's write.
-        let lease = last_slot + pass.lease_margin();
+        // The lease covers the wait for the last slot, the wait for a delivery slot behind the
+        // rest of the batch, the request, and the result's write.
+        let lease = last_slot + pass.settings.request_timeout * (2 + limit.div_ceil(concurrency));
         let claim_start = Instant::now();
         let request = ClaimRequest {
             channel,
@@ -181,7 +193,7 @@ pub(super) async fn send_claimed(
         let _ = tx.send(Queued { claimed, slot: None, lease_end }).await;
     }
     drop(tx);
-    sender(pass, provider, tally, rx).await;
+    sender(pass, provider, tally, rx, None).await;
 }
 
 /// Gives a claimed message back untouched, from outside a lane.
@@ -210,9 +222,13 @@ async fn sender(
     provider: Arc<dyn Channel>,
     tally: &Arc<Tally>,
     mut queue: mpsc::Receiver<Queued>,
+    drained: Option<&Notify>,
 ) {
     let mut tasks = JoinSet::new();
     while let Some(Queued { claimed, slot, lease_end }) = queue.recv().await {
+        if let (Some(d), true) = (drained, queue.is_empty()) {
+            d.notify_one();
+        }
         let job = match prepare(&claimed, &pass.rules, pass.today()) {
             Prepared::Done(resolution) => {
                 let outcome = Outcome {
@@ -268,6 +284,10 @@ async fn sender(
         tasks.spawn(send(pass.sending(provider.clone(), tally.clone()), claimed, *job, permit));
         // Reap finished sends as we go, so memory stays flat however many are sent.
         while tasks.try_join_next().is_some() {}
+    }
+    // Wake a claimer waiting for room: the queue is closed or empty for good.
+    if let Some(d) = drained {
+        d.notify_one();
     }
     while tasks.join_next().await.is_some() {}
 }

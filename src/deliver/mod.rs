@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::NaiveDate;
 use tokio::sync::{Notify, Semaphore};
@@ -109,11 +109,6 @@ impl Pass<'_> {
 
     fn today(&self) -> NaiveDate {
         self.clock.now().with_timezone(&self.settings.timezone).date_naive()
-    }
-
-    /// The lease beyond the wait for a slot: the request, then time to store its result.
-    fn lease_margin(&self) -> Duration {
-        self.settings.request_timeout * 3
     }
 
     fn sending(&self, provider: Arc<dyn Channel>, tally: Arc<Tally>) -> lane::Sending {

@@ -24,9 +24,12 @@ const RECORD_BATCH: usize = 512;
 const RECORD_WRITERS: usize = 2;
 /// How long a result write waits for more results to join it.
 const RECORD_LINGER: Duration = Duration::from_millis(2);
-/// Retries of a failed write, and how long they may go on, before the pass halts.
+/// Retries of a write that failed quickly (a dropped connection, a brief error), and how long
+/// they may go on, before the pass halts. A write that failed slowly (it waited out the
+/// database's busy timeout) is not retried: the database is not taking writes.
 const WRITE_RETRIES: u32 = 2;
-const WRITE_PATIENCE: Duration = Duration::from_secs(15);
+const WRITE_PATIENCE: Duration = Duration::from_secs(5);
+const QUICK_FAILURE: Duration = Duration::from_secs(2);
 
 /// Set once when the database stops taking results: every lane stops starting sends.
 #[derive(Debug, Default)]
@@ -165,6 +168,7 @@ async fn write_batch(
     let mut tries = 0;
     let mut out = Written::default();
     loop {
+        let attempt_started = Instant::now();
         match store.record(&token, &outcomes).await {
             Ok(recorded) => {
                 for id in &recorded.lost {
@@ -181,6 +185,7 @@ async fn write_batch(
             Err(e)
                 if halt.reason().is_none()
                     && tries < WRITE_RETRIES
+                    && attempt_started.elapsed() < QUICK_FAILURE
                     && started.elapsed() < WRITE_PATIENCE =>
             {
                 tries += 1;

@@ -190,7 +190,7 @@ async fn crash_body(db: &TestDb) {
         invoice(db, n + 1, &format!("INV-{n}"), "2025-11-20").await;
     }
     // The provider hangs, and the pass is killed with requests in flight. A 1 s request
-    // timeout makes the lease 3 s on the real clock.
+    // timeout makes the lease 6 s on the real clock (the timeout × (2 + 4 per delivery slot)).
     let hanging = twilio(created().set_delay(Duration::from_secs(60))).await;
     let timeout = [("REMINDER_HTTP_TIMEOUT", "1")];
     let mut env = twilio_env(&hanging.uri());
@@ -215,7 +215,7 @@ async fn crash_body(db: &TestDb) {
     assert_eq!(count(&doc, "sent"), 0, "{doc}");
     // After it ends, they are retried: the attempt the dead pass made is not counted (its
     // answer was never recorded), the expired lease is.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     let doc = run(db, &ok, "2025-11-17T09:00:10+07:00", &timeout).await;
     assert_eq!(count(&doc, "sent"), 3, "{doc}");
     assert_eq!(db.int("SELECT max(attempts) FROM messages").await, 1);

@@ -131,8 +131,8 @@ async fn outcome_unknown_body(db: &TestDb) {
             db.command(&["send", "--now", T3_NOW], &pairs(&env)).spawn().expect("spawn");
         sink.wait_for(died, Duration::from_secs(20)).await;
         child.kill().await.expect("kill -9");
-        // The lease (3 × the request timeout) ends on the real clock.
-        tokio::time::sleep(Duration::from_millis(3300)).await;
+        // The lease (the request timeout × (2 + 4 per delivery slot)) ends on the real clock.
+        tokio::time::sleep(Duration::from_millis(6300)).await;
     }
     let doc = db.pass(&["send", "--now", T3_NOW], &pairs(&env)).await;
     assert_eq!(count(&doc, "failed"), 1, "{doc}");
@@ -141,28 +141,30 @@ async fn outcome_unknown_body(db: &TestDb) {
     assert!(error.starts_with("outcome unknown: 3 passes stopped"), "{error}");
 }
 
-both!(a_send_whose_lease_would_run_out_waits_for_the_next_pass, lease_short_body);
+both!(a_pass_that_wakes_after_its_lease_ended_sends_nothing_more, lease_short_body);
 async fn lease_short_body(db: &TestDb) {
     many_due(db, 4).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
-    // One send at a time, 1.8 s each, under a 6 s lease (3 × the 2 s request timeout): the
-    // fourth would start at 5.4 s and could not finish inside the lease. Sent anyway, a second
-    // pass arriving after the lease would send it again while its first request still runs.
-    let sink = Sink::slow_then(Duration::from_millis(1800), 3, Duration::from_secs(30)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "1"), ("REMINDER_HTTP_TIMEOUT", "2")]);
-    let first = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
-    let second = async {
-        tokio::time::sleep(Duration::from_millis(6500)).await;
-        db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output().await
-    };
-    let (first, second) = tokio::join!(first, second);
-    let first: Value = serde_json::from_slice(&first.expect("first").stdout).expect("json");
-    second.expect("second");
-    assert_eq!(count(&first, "sent"), 3, "{first}");
-    assert_eq!(sink.count(), 4, "the fourth went out once, from the second pass");
-    assert!(sink.per_recipient().values().all(|n| *n == 1));
-    let released = first["channels"][0]["note"].as_str().unwrap_or_default().to_string();
-    assert!(released.contains("lease ran short"), "{first}");
+    // One send at a time under a 6 s lease (the 1 s request timeout × (2 + 4 per slot)). Pass A
+    // is frozen (SIGSTOP: a suspended VM, a swap storm) with its first request in flight until
+    // its lease has ended and pass B has taken all four over. When A wakes, nothing it still
+    // holds may go out: B owns it now.
+    let sink = Sink::start(Duration::from_millis(500)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "1"), ("REMINDER_HTTP_TIMEOUT", "1")]);
+    let a = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).spawn().expect("a");
+    sink.wait_for(1, Duration::from_secs(20)).await;
+    signal(&a, "STOP");
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let b = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).spawn().expect("b");
+    sink.wait_for(2, Duration::from_secs(20)).await;
+    signal(&a, "CONT");
+    let (a, b) = tokio::join!(a.wait_with_output(), b.wait_with_output());
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    assert!(a.status.success() && b.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    // B sent all four; A's first request was the crash-window duplicate, and nothing more.
+    assert_eq!(sink.count(), 5, "{}", String::from_utf8_lossy(&a.stdout));
+    assert_eq!(sink.per_recipient().values().filter(|n| **n == 2).count(), 1);
+    assert_eq!(statuses(db).await, "sent=4");
 }
 
 both!(a_fallback_row_goes_out_in_the_same_pass, fallback_body);

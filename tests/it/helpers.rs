@@ -100,6 +100,33 @@ impl TestDb {
         Self { url, pool: Pool::Sqlite(pool), dir, admin: None }
     }
 
+    /// A fresh SQLite database in `dir` (a small tmpfs, say), the working directory elsewhere.
+    pub async fn sqlite_in(dir: &std::path::Path) -> Self {
+        let url = format!("sqlite:{}", dir.join("test.db").display());
+        let store = reminderctl::store::connect(&url, TZ).await.expect("open sqlite");
+        store.migrate().await.expect("migrate sqlite");
+        let pool = SqlitePoolOptions::new()
+            .connect(&format!("{url}?mode=rwc"))
+            .await
+            .expect("sqlite pool");
+        Self { url, pool: Pool::Sqlite(pool), dir: tempfile::tempdir().expect("dir"), admin: None }
+    }
+
+    /// The SQLite file of this database.
+    pub fn sqlite_path(&self) -> String {
+        self.url.trim_start_matches("sqlite:").to_string()
+    }
+
+    /// Drops this PostgreSQL database now, under the feet of whatever uses it.
+    pub async fn drop_database_now(&self) {
+        let Some((admin, name)) = &self.admin else { return };
+        let mut conn = sqlx::PgConnection::connect(admin).await.expect("admin");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await
+            .expect("drop database");
+    }
+
     pub async fn postgres() -> Option<Self> {
         let admin = admin_url();
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
@@ -179,6 +206,30 @@ impl TestDb {
             .env("REMINDER_SEND_WINDOW", "00:00-24:00")
             .env("NO_COLOR", "1")
             .current_dir(self.dir.path())
+            .args(args)
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// The binary run through a wrapper program (`faketime -f +20m …`).
+    pub fn command_via(
+        &self,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(wrapper[0]);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.url)
+            .env("REMINDER_SEND_WINDOW", "00:00-24:00")
+            .env("NO_COLOR", "1")
+            .current_dir(self.dir.path())
+            .args(&wrapper[1..])
+            .arg(env!("CARGO_BIN_EXE_reminderctl"))
             .args(args)
             .kill_on_drop(true);
         for (k, v) in env {
@@ -388,4 +439,29 @@ pub fn signal(child: &tokio::process::Child, sig: &str) {
     if let Some(pid) = child.id() {
         let _ = std::process::Command::new("kill").args(["-s", sig, &pid.to_string()]).status();
     }
+}
+
+/// Whether a tool the fault tests need is on this machine. Under CI its absence fails the test
+/// (`.ci/run` installs it); elsewhere the test is skipped, saying so past the capture.
+pub fn have_tool(tool: &str, why: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(!under_ci(), "{tool} is missing under CI ({why})");
+        let _ = writeln!(std::io::stderr(), "\n*** {tool} is missing: SKIPPED {why} ***\n");
+    }
+    found
+}
+
+/// Parses a pass's `--json` output, whatever its exit code.
+pub fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

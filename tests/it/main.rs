@@ -6,6 +6,7 @@ mod helpers;
 mod cli;
 mod delivery;
 mod fallback;
+mod faults;
 mod guarantees;
 mod manual;
 mod pass;

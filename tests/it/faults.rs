@@ -1,0 +1,288 @@
+//! Faults as real deployments meet them, reproduced for real: a disk that fills up mid-pass, a
+//! second process holding SQLite's write lock, a PostgreSQL connection terminated and a
+//! database dropped mid-pass, `kill -9` of the binary, a host clock twenty minutes ahead. Each
+//! counts what the provider received: every reminder once, duplicates within the bound, nothing
+//! left `sending` or without a reason.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::both;
+use crate::helpers::{
+    have_tool, json_of, many_due, pairs, statuses, twilio_env, under_ci, Sink, TestDb, T3_NOW,
+};
+
+fn env_for(sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = twilio_env(&sink.uri());
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, (*v).to_string()));
+    }
+    env
+}
+
+/// Every recipient got exactly one message.
+fn each_once(sink: &Sink, n: usize) {
+    let per = sink.per_recipient();
+    assert_eq!(per.len(), n, "recipients reached");
+    let twice: Vec<_> = per.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "sent more than once: {twice:?}");
+}
+
+/// Holds SQLite's write lock from another process (Python's sqlite3) for `seconds`; returns
+/// once the lock is taken.
+async fn hold_write_lock(path: &str, seconds: f64) -> tokio::process::Child {
+    let script = "import sqlite3, sys, time\n\
+                  c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n\
+                  c.execute('BEGIN IMMEDIATE')\n\
+                  print('locked', flush=True)\n\
+                  time.sleep(float(sys.argv[2]))\n\
+                  c.execute('ROLLBACK')\n";
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", script, path, &seconds.to_string()])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    assert!(matches!(line, Ok(Ok(Some(ref l))) if l == "locked"), "lock holder: {line:?}");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_lock_held_past_the_busy_timeout_halts_sending_and_repeats_nothing() {
+    if !have_tool("python3", "the SQLite write-lock test") {
+        return;
+    }
+    let db = TestDb::sqlite().await;
+    many_due(&db, 60).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
+    let fault = async {
+        sink.wait_for(8, Duration::from_secs(20)).await;
+        // Longer than the store's 10 s busy timeout.
+        let locker = hold_write_lock(&db.sqlite_path(), 12.0).await;
+        let at_lock = sink.count();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A delivery slot is given up only once its result is stored: with the database locked,
+        // at most REMINDER_CONCURRENCY requests start, however many are claimed.
+        let during = sink.count() - at_lock;
+        (locker, during)
+    };
+    let (out, (mut locker, during)) = tokio::join!(pass, fault);
+    assert!(during <= 4, "{during} requests started while no result could be stored");
+    let out = out.expect("pass ran");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    let unrecorded = doc["unrecorded_results"].as_u64().unwrap_or(0);
+    assert_eq!(doc["journaled_results"].as_u64(), Some(unrecorded), "{doc}");
+    assert!(doc["halted"].as_str().is_some_and(|h| h.contains("locked")), "{doc}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: the pass stopped early"), "{stderr}");
+    let _ = locker.wait().await;
+
+    // Once the lock is gone, the next pass writes what the journal kept before it claims, and
+    // sends the rest: nobody gets a reminder twice.
+    let doc = db.pass(&["send", "--now", T3_NOW], &pairs(&env)).await;
+    assert_eq!(doc["replayed_results"].as_u64(), Some(unrecorded), "{doc}");
+    assert_eq!(sink.count(), 60, "{}", statuses(&db).await);
+    each_once(&sink, 60);
+    assert_eq!(statuses(&db).await, "sent=60");
+}
+
+/// A small tmpfs of our own, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Fills a file system: writes until it is full.
+fn fill(path: &std::path::Path) {
+    use std::io::Write as _;
+    let Ok(mut f) = std::fs::File::create(path) else { return };
+    let block = vec![0u8; 64 * 1024];
+    while f.write_all(&block).is_ok() {}
+    let mut byte = [0u8; 1];
+    while f.write_all(&byte).is_ok() {
+        byte[0] = 1;
+    }
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_mid_pass_halts_sending_and_repeats_nothing() {
+    let Some(tmpfs) = Tmpfs::mount("16m") else {
+        assert!(!under_ci(), "CI runs as root and must be able to mount a tmpfs");
+        eprintln!("\n*** cannot mount a tmpfs (not root?): SKIPPED the full-disk test ***\n");
+        return;
+    };
+    // The outbox on the small disk; the working directory (and so the journal) elsewhere.
+    let db = TestDb::sqlite_in(tmpfs.dir.path()).await;
+    many_due(&db, 200).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(10)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
+    let filler = tmpfs.dir.path().join("filler");
+    let fault = async {
+        sink.wait_for(30, Duration::from_secs(20)).await;
+        let at_full = sink.count();
+        let f = filler.clone();
+        tokio::task::spawn_blocking(move || fill(&f)).await.expect("fill");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = std::fs::remove_file(&filler);
+        at_full
+    };
+    let (out, at_full) = tokio::join!(pass, fault);
+    let out = out.expect("pass ran");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    let unrecorded = doc["unrecorded_results"].as_u64().unwrap_or(0);
+    assert!(unrecorded > 0, "{doc}");
+    assert_eq!(doc["journaled_results"].as_u64(), Some(unrecorded), "{doc}");
+    assert!(sink.count() <= at_full + 200, "sanity");
+
+    let doc = db.pass(&["send", "--now", T3_NOW], &pairs(&env)).await;
+    assert_eq!(doc["replayed_results"].as_u64(), Some(unrecorded), "{doc}");
+    assert_eq!(sink.count(), 200, "{}", statuses(&db).await);
+    each_once(&sink, 200);
+    assert_eq!(statuses(&db).await, "sent=200");
+    drop(db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_postgres_connection_costs_no_reminder() {
+    let Some(db) = TestDb::postgres().await else { return };
+    many_due(&db, 200).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(10)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
+    let fault = async {
+        sink.wait_for(30, Duration::from_secs(20)).await;
+        db.exec(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'reminderctl'",
+        )
+        .await;
+    };
+    let (out, ()) = tokio::join!(pass, fault);
+    let out = out.expect("pass ran");
+    // The pass either recovered on new connections or halted with its results journaled.
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    assert_eq!(doc["journaled_results"], doc["unrecorded_results"], "{doc}");
+    db.pass(&["send", "--now", T3_NOW], &pairs(&env)).await;
+    assert_eq!(sink.count(), 200, "{}", statuses(&db).await);
+    each_once(&sink, 200);
+    assert_eq!(statuses(&db).await, "sent=200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_dropped_mid_pass_halts_sending_with_the_results_journaled() {
+    let Some(db) = TestDb::postgres().await else { return };
+    many_due(&db, 200).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(10)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
+    let fault = async {
+        sink.wait_for(30, Duration::from_secs(20)).await;
+        db.drop_database_now().await;
+        sink.count()
+    };
+    let (out, at_drop) = tokio::join!(pass, fault);
+    let out = out.expect("pass ran");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    let unrecorded = doc["unrecorded_results"].as_u64().unwrap_or(0);
+    assert!(unrecorded > 0, "{doc}");
+    assert_eq!(doc["journaled_results"].as_u64(), Some(unrecorded), "{doc}");
+    // What was in flight finished; nothing new started once results could not be stored.
+    assert!(sink.count() <= at_drop + 4 + 4, "{} sent after the drop at {at_drop}", sink.count());
+    let journal = db.dir.path().join(".reminderctl");
+    let kept = std::fs::read_dir(&journal).map(Iterator::count).unwrap_or(0);
+    assert_eq!(kept, 1, "one journal file in {}", journal.display());
+}
+
+both!(a_killed_pass_sends_at_most_concurrency_messages_twice, kill_body);
+async fn kill_body(db: &TestDb) {
+    many_due(db, 100).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(100)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4"), ("REMINDER_HTTP_TIMEOUT", "1")]);
+    let mut child = db.command(&["send", "--now", T3_NOW], &pairs(&env)).spawn().expect("spawn");
+    sink.wait_for(20, Duration::from_secs(20)).await;
+    child.kill().await.expect("kill -9");
+    assert!(db.int("SELECT count(*) FROM messages WHERE status = 'sending'").await > 0);
+    // After the lease (the 1 s request timeout × (2 + 4 per delivery slot)), the next pass
+    // delivers the rest.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    db.pass(&["send", "--now", T3_NOW], &pairs(&env)).await;
+    assert_eq!(statuses(db).await, "sent=100");
+    let per = sink.per_recipient();
+    assert_eq!(per.len(), 100, "every reminder delivered");
+    let twice = per.values().filter(|n| **n > 1).count();
+    assert!(twice <= 4, "{twice} reminders went out twice; the bound is REMINDER_CONCURRENCY");
+    assert!(per.values().all(|n| *n <= 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_clock_runs_twenty_minutes_ahead_steals_no_lease() {
+    if !have_tool("faketime", "the clock-skew test") {
+        return;
+    }
+    let Some(db) = TestDb::postgres().await else { return };
+    many_due(&db, 240).await;
+    db.exec("DELETE FROM invoices").await;
+    // Scheduled messages are due whatever today is, so both hosts run on their own clocks.
+    db.exec(
+        "INSERT INTO scheduled_messages (contact_id, body, scheduled_at) \
+         SELECT id, 'Halo', '2025-11-17T08:00:00+07:00' FROM contacts",
+    )
+    .await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4"), ("REMINDER_WHATSAPP_RATE", "60/s")]);
+    let mut skewed_env = pairs(&env);
+    skewed_env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
+    let normal = db.command(&["send", "--json"], &pairs(&env)).output();
+    let ahead =
+        db.command_via(&["faketime", "-f", "+20m"], &["send", "--json"], &skewed_env).output();
+    let (normal, ahead) = tokio::join!(normal, ahead);
+    let (normal, ahead) = (json_of(&normal.expect("normal")), json_of(&ahead.expect("ahead")));
+    assert_eq!(sink.count(), 240, "normal: {normal}\nahead: {ahead}");
+    each_once(&sink, 240);
+    assert_eq!(statuses(&db).await, "sent=240");
+    // Neither host starves the other: the shared rate limit runs on the database's clock.
+    let sent = |d: &serde_json::Value| d["sent"].as_u64().unwrap_or(0);
+    assert!(
+        sent(&normal) > 0 && sent(&ahead) > 0,
+        "normal {} ahead {}",
+        sent(&normal),
+        sent(&ahead)
+    );
+}
