@@ -4,6 +4,7 @@
 //! counts what the provider received: every reminder once, duplicates within the bound, nothing
 //! left `sending` or without a reason.
 
+use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -136,7 +137,10 @@ fn fill(path: &std::path::Path) {
 async fn a_disk_that_fills_up_mid_pass_halts_sending_and_repeats_nothing() {
     let Some(tmpfs) = Tmpfs::mount("16m") else {
         assert!(!under_ci(), "CI runs as root and must be able to mount a tmpfs");
-        eprintln!("\n*** cannot mount a tmpfs (not root?): SKIPPED the full-disk test ***\n");
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** cannot mount a tmpfs (not root?): SKIPPED the full-disk test ***\n"
+        );
         return;
     };
     // The outbox on the small disk; the working directory (and so the journal) elsewhere.
@@ -224,7 +228,7 @@ async fn a_database_dropped_mid_pass_halts_sending_with_the_results_journaled() 
     // What was in flight finished; nothing new started once results could not be stored.
     assert!(sink.count() <= at_drop + 4 + 4, "{} sent after the drop at {at_drop}", sink.count());
     let journal = db.dir.path().join(".reminderctl");
-    let kept = std::fs::read_dir(&journal).map(Iterator::count).unwrap_or(0);
+    let kept = std::fs::read_dir(&journal).map_or(0, Iterator::count);
     assert_eq!(kept, 1, "one journal file in {}", journal.display());
 }
 

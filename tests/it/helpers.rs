@@ -375,7 +375,7 @@ impl Sink {
 
     /// Requests received so far.
     pub fn count(&self) -> usize {
-        self.log.lock().map(|l| l.len()).unwrap_or(0)
+        self.log.lock().map_or(0, |l| l.len())
     }
 
     /// Waits until at least `n` requests arrived; panics after `within`.
