@@ -1,33 +1,7 @@
 //! Settings from the environment, a `.env` file and flags, validated once into typed values.
 //! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show the value.
 
-use std::fmt;
-
-/// A credential. Printing it, by `{}` or `{:?}`, shows `[redacted]`; only `expose` gives the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The raw value, for the one place that puts it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use crate::secret::Secret;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
