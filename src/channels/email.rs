@@ -12,7 +12,8 @@
 //!   [`SmtpChannel::new`] works outside a runtime.
 //! - Reasons carry the SMTP code, the server's text, the host and port and the username, never
 //!   the password: it only ever goes to [`Credentials`], whose `Debug` is redacted, and every
-//!   reason is scrubbed of it anyway.
+//!   server text is passed through a [`Redactor`] that knows the password and the AUTH PLAIN and
+//!   AUTH LOGIN lines carrying it, because a server may quote the exchange back.
 
 use std::error::Error as _;
 use std::net::IpAddr;
@@ -26,11 +27,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::channels::{snippet, Channel, DeliveryError, OutboundMessage, Receipt};
-use crate::config::Secret;
-
-/// Server replies are short; longer ones are cut so one reason stays one log line.
-const MAX_REASON_CHARS: usize = 300;
+use crate::channels::{clean, one_line, snippet, Channel, DeliveryError, OutboundMessage, Receipt};
+use crate::secret::{Redactor, Secret};
 
 /// The subject used when a message has none.
 const NO_SUBJECT: &str = "(no subject)";
@@ -81,8 +79,8 @@ pub struct SmtpChannel {
     /// `host:port`, for reasons.
     server: String,
     username: Option<String>,
-    /// Kept only to scrub reasons.
-    password: Option<Secret>,
+    /// Removes the password, in every form the AUTH exchange carries it, from server text.
+    redactor: Redactor,
     encryption: Encryption,
     timeout: Duration,
 }
@@ -118,6 +116,10 @@ impl SmtpChannel {
             (Some(_), None) => return Err("an SMTP username is set but no password".to_owned()),
             (None, Some(_)) => return Err("an SMTP password is set but no username".to_owned()),
         };
+        let redactor = match (username, &password) {
+            (Some(user), Some(pass)) => Redactor::new().smtp_auth(user, pass),
+            _ => Redactor::new(),
+        };
 
         let server = if host.contains(':') {
             format!("[{host}]:{}", config.port)
@@ -146,7 +148,7 @@ impl SmtpChannel {
             id_domain,
             server,
             username: username.map(str::to_owned),
-            password,
+            redactor,
             encryption: config.encryption,
             timeout,
         })
@@ -231,8 +233,8 @@ impl SmtpChannel {
             innermost = Some(deeper);
         }
         let cause = innermost.map_or_else(|| err.to_string(), ToString::to_string);
-        // Scrubbed before it is reshaped, so no cut or collapsed space can hide part of a secret.
-        let cause = snippet(&one_line(&self.scrub(&cause)), MAX_REASON_CHARS);
+        // Redacted before it is reshaped, so no cut or collapsed space can hide part of a secret.
+        let cause = clean(&cause, &self.redactor);
 
         if let Some(code) = err.status() {
             let code = u16::from(code);
@@ -306,16 +308,6 @@ impl SmtpChannel {
         }
         false
     }
-
-    /// Servers don't echo passwords, but a reason is cheap to scrub and costly to leak.
-    fn scrub(&self, text: &str) -> String {
-        match &self.password {
-            Some(secret) if !secret.expose().is_empty() => {
-                text.replace(secret.expose(), "[redacted]")
-            }
-            _ => text.to_owned(),
-        }
-    }
 }
 
 #[async_trait]
@@ -335,7 +327,7 @@ impl Channel for SmtpChannel {
                 tracing::debug!(
                     outbox_id = message.id,
                     smtp_code = %response.code(),
-                    smtp_reply = response.first_line().unwrap_or(""),
+                    smtp_reply = clean(response.first_line().unwrap_or(""), &self.redactor),
                     message_id = %id,
                     "the SMTP server accepted the message"
                 );
@@ -386,13 +378,6 @@ fn server_host(raw: &str) -> Result<String, String> {
             Err(format!("the SMTP host '{}' is not a valid host name", shown(host)))
         }
     }
-}
-
-/// Runs of whitespace and control characters (CR, LF, tabs) become one space: a header stays
-/// one logical line.
-fn one_line(text: &str) -> String {
-    let spaced: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// User input quoted in a reason: one line, bounded.
