@@ -1,33 +1,7 @@
 //! Settings from the environment, a `.env` file and flags, validated once into typed values.
 //! Secrets are wrapped in [`Secret`], whose `Debug` and `Display` never show the value.
 
-use std::fmt;
-
-/// A credential. Printing it, by `{}` or `{:?}`, shows `[redacted]`; only `expose` gives the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The raw value, for the one place that puts it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use crate::secret::Secret;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,7 +9,7 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 
-use crate::channels::email::{Encryption, SmtpConfig};
+use crate::channels::email::{is_loopback_host, Encryption, SmtpConfig};
 use crate::channels::telegram::TelegramConfig;
 use crate::channels::whatsapp::fonnte::FonnteConfig;
 use crate::channels::whatsapp::starsender::StarsenderConfig;
@@ -361,6 +335,16 @@ fn email<'a>(
         let missing = if username.is_some() { "MAIL_PASSWORD" } else { "MAIL_USERNAME" };
         return Err(bad(missing, "is required when the other SMTP credential is set"));
     }
+    if encryption == Encryption::None && password.is_some() && !is_loopback_host(host) {
+        return Err(bad(
+            "MAIL_ENCRYPTION",
+            format!(
+                "'none' would send MAIL_PASSWORD in clear text to {host}; use tls or ssl, or \
+                 send without credentials, or through a relay on this machine (localhost, \
+                 127.0.0.1, ::1)"
+            ),
+        ));
+    }
     Ok(Some(Email::Smtp(SmtpConfig {
         host: host.to_string(),
         port,
@@ -469,6 +453,44 @@ mod tests {
         assert_eq!(with(("MAIL_ENCRYPTION", "maybe")), "MAIL_ENCRYPTION");
         assert_eq!(with(("MAIL_PORT", "70000")), "MAIL_PORT");
         assert!(matches!(settings(&[("MAIL_MAILER", "log")]).unwrap().email, Some(Email::Log)));
+    }
+
+    #[test]
+    fn a_password_in_clear_text_to_another_machine_is_refused_naming_mail_encryption() {
+        let clear = |host: &str, extra: &[(&'static str, &'static str)]| {
+            let mut all = vec![
+                ("MAIL_HOST", host),
+                ("MAIL_FROM_ADDRESS", "a@b.c"),
+                ("MAIL_ENCRYPTION", "none"),
+                ("MAIL_PORT", "2525"),
+            ];
+            all.extend_from_slice(extra);
+            settings(&all)
+        };
+        let credentials = [("MAIL_USERNAME", "budi"), ("MAIL_PASSWORD", "mail-secret-3")];
+        for host in ["smtp.example.com", "10.0.0.5", "192.168.1.10", "::2", "localhost.example"] {
+            let err = clear(host, &credentials).expect_err(host);
+            assert_eq!(err.variable, "MAIL_ENCRYPTION", "{host}");
+            assert!(err.problem.contains("clear text") && err.problem.contains(host), "{err}");
+            assert!(!err.to_string().contains("mail-secret-3"), "{err}");
+        }
+        for off in ["null", "off", "false"] {
+            let mut all = vec![
+                ("MAIL_HOST", "smtp.example.com"),
+                ("MAIL_FROM_ADDRESS", "a@b.c"),
+                ("MAIL_ENCRYPTION", off),
+            ];
+            all.extend_from_slice(&credentials);
+            assert_eq!(settings(&all).unwrap_err().variable, "MAIL_ENCRYPTION", "{off}");
+        }
+        // A relay on this machine, or no credentials at all, is fine.
+        for host in ["localhost", "LOCALHOST", "127.0.0.1", "127.1.2.3", "::1", "[::1]"] {
+            assert!(clear(host, &credentials).is_ok(), "{host}");
+        }
+        assert!(clear("smtp.example.com", &[]).is_ok());
+        // With TLS, any host may get the password.
+        let c = smtp(&[credentials[0], credentials[1], ("MAIL_ENCRYPTION", "tls")]);
+        assert_eq!(c.encryption, Encryption::StartTls);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A pass is a straight line: [`cli`] → [`config`] → [`store`] → [`generate`] → [`deliver`] →
 //! [`report`]. [`domain`] holds the pure rules (stage dates, recurrence, phone numbers,
-//! formatting), [`channels`] the provider adapters, [`clock`] the one source of "now".
+//! formatting), [`channels`] the provider adapters, [`secret`] credentials and their redaction,
+//! [`clock`] the one source of "now".
 
 pub mod channels;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod deliver;
 pub mod domain;
 pub mod generate;
 pub mod report;
+pub mod secret;
 pub mod seed;
 pub mod store;
 pub mod templates;

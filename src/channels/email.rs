@@ -12,7 +12,10 @@
 //!   [`SmtpChannel::new`] works outside a runtime.
 //! - Reasons carry the SMTP code, the server's text, the host and port and the username, never
 //!   the password: it only ever goes to [`Credentials`], whose `Debug` is redacted, and every
-//!   reason is scrubbed of it anyway.
+//!   server text is passed through a [`Redactor`] that knows the password and the AUTH PLAIN and
+//!   AUTH LOGIN lines carrying it, because a server may quote the exchange back.
+//! - Credentials never cross the network in clear: without TLS they are refused unless the
+//!   server is on this machine.
 
 use std::error::Error as _;
 use std::net::IpAddr;
@@ -26,11 +29,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use crate::channels::{snippet, Channel, DeliveryError, OutboundMessage, Receipt};
-use crate::config::Secret;
-
-/// Server replies are short; longer ones are cut so one reason stays one log line.
-const MAX_REASON_CHARS: usize = 300;
+use crate::channels::{clean, one_line, snippet, Channel, DeliveryError, OutboundMessage, Receipt};
+use crate::secret::{Redactor, Secret};
 
 /// The subject used when a message has none.
 const NO_SUBJECT: &str = "(no subject)";
@@ -81,8 +81,8 @@ pub struct SmtpChannel {
     /// `host:port`, for reasons.
     server: String,
     username: Option<String>,
-    /// Kept only to scrub reasons.
-    password: Option<Secret>,
+    /// Removes the password, in every form the AUTH exchange carries it, from server text.
+    redactor: Redactor,
     encryption: Encryption,
     timeout: Duration,
 }
@@ -91,8 +91,9 @@ impl SmtpChannel {
     /// Checks the configuration and prepares the transport.
     ///
     /// Fails (with a readable reason) when the host is neither an IP address nor a DNS name, the
-    /// port is 0, the from address does not parse, only one of username and password is set, or
-    /// the TLS setup of the transport cannot be built.
+    /// port is 0, the from address does not parse, only one of username and password is set,
+    /// credentials would go in clear text to a host that is not this machine, or the TLS setup
+    /// of the transport cannot be built.
     pub fn new(config: SmtpConfig) -> Result<Self, String> {
         let host = server_host(&config.host)?;
         if config.port == 0 {
@@ -117,6 +118,20 @@ impl SmtpChannel {
             (None, None) => None,
             (Some(_), None) => return Err("an SMTP username is set but no password".to_owned()),
             (None, Some(_)) => return Err("an SMTP password is set but no username".to_owned()),
+        };
+        if credentials.is_some()
+            && config.encryption == Encryption::None
+            && !is_loopback_host(&host)
+        {
+            return Err(format!(
+                "without encryption the SMTP password would cross the network in clear text to \
+                 '{}'; use TLS, or a relay on this machine",
+                shown(&host)
+            ));
+        }
+        let redactor = match (username, &password) {
+            (Some(user), Some(pass)) => Redactor::new().smtp_auth(user, pass),
+            _ => Redactor::new(),
         };
 
         let server = if host.contains(':') {
@@ -146,7 +161,7 @@ impl SmtpChannel {
             id_domain,
             server,
             username: username.map(str::to_owned),
-            password,
+            redactor,
             encryption: config.encryption,
             timeout,
         })
@@ -231,8 +246,8 @@ impl SmtpChannel {
             innermost = Some(deeper);
         }
         let cause = innermost.map_or_else(|| err.to_string(), ToString::to_string);
-        // Scrubbed before it is reshaped, so no cut or collapsed space can hide part of a secret.
-        let cause = snippet(&one_line(&self.scrub(&cause)), MAX_REASON_CHARS);
+        // Redacted before it is reshaped, so no cut or collapsed space can hide part of a secret.
+        let cause = clean(&cause, &self.redactor);
 
         if let Some(code) = err.status() {
             let code = u16::from(code);
@@ -306,16 +321,6 @@ impl SmtpChannel {
         }
         false
     }
-
-    /// Servers don't echo passwords, but a reason is cheap to scrub and costly to leak.
-    fn scrub(&self, text: &str) -> String {
-        match &self.password {
-            Some(secret) if !secret.expose().is_empty() => {
-                text.replace(secret.expose(), "[redacted]")
-            }
-            _ => text.to_owned(),
-        }
-    }
 }
 
 #[async_trait]
@@ -335,7 +340,7 @@ impl Channel for SmtpChannel {
                 tracing::debug!(
                     outbox_id = message.id,
                     smtp_code = %response.code(),
-                    smtp_reply = response.first_line().unwrap_or(""),
+                    smtp_reply = clean(response.first_line().unwrap_or(""), &self.redactor),
                     message_id = %id,
                     "the SMTP server accepted the message"
                 );
@@ -388,11 +393,12 @@ fn server_host(raw: &str) -> Result<String, String> {
     }
 }
 
-/// Runs of whitespace and control characters (CR, LF, tabs) become one space: a header stays
-/// one logical line.
-fn one_line(text: &str) -> String {
-    let spaced: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Whether `host` is this machine: `localhost`, 127.0.0.0/8 or `::1`, bracketed or not.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim();
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.trim_end_matches('.').eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// User input quoted in a reason: one line, bounded.
@@ -499,6 +505,51 @@ mod tests {
         cfg.password = Some(Secret::new(PASSWORD));
         let err = SmtpChannel::new(cfg).err().expect("no username");
         assert!(!err.contains(PASSWORD), "{err}");
+    }
+
+    #[test]
+    fn credentials_without_encryption_are_refused_unless_the_server_is_this_machine() {
+        let with_credentials = |host: &str, encryption: Encryption| {
+            let mut cfg = config(2525);
+            cfg.host = host.to_owned();
+            cfg.encryption = encryption;
+            cfg.username = Some("budi".to_owned());
+            cfg.password = Some(Secret::new(PASSWORD));
+            SmtpChannel::new(cfg)
+        };
+        for host in ["smtp.example.com", "10.0.0.5", "::2"] {
+            let err = with_credentials(host, Encryption::None).err().expect(host);
+            assert!(err.contains("clear text"), "{err}");
+            assert!(!err.contains(PASSWORD), "{err}");
+            assert!(with_credentials(host, Encryption::StartTls).is_ok(), "{host}");
+        }
+        for host in ["127.0.0.1", "127.9.9.9", "::1", "localhost"] {
+            assert!(with_credentials(host, Encryption::None).is_ok(), "{host}");
+        }
+        let mut anonymous = config(25);
+        anonymous.host = "smtp.example.com".to_owned();
+        assert!(SmtpChannel::new(anonymous).is_ok(), "no credentials, nothing to leak");
+    }
+
+    #[test]
+    fn loopback_hosts_are_localhost_127_slash_8_and_ipv6_one() {
+        for (host, loopback) in [
+            ("localhost", true),
+            ("LocalHost.", true),
+            ("127.0.0.1", true),
+            ("127.255.0.9", true),
+            ("::1", true),
+            ("[::1]", true),
+            (" 127.0.0.1 ", true),
+            ("128.0.0.1", false),
+            ("0.0.0.0", false),
+            ("::", false),
+            ("localhost.example.com", false),
+            ("mylocalhost", false),
+            ("smtp.gmail.com", false),
+        ] {
+            assert_eq!(is_loopback_host(host), loopback, "{host}");
+        }
     }
 
     #[test]

@@ -2,13 +2,17 @@
 //!
 //! A channel reports *what happened* to one message; the delivery loop alone decides what to do
 //! next (retry, back off, pause the channel, fall back). Adapters never log secrets: tokens live
-//! in [`crate::config::Secret`] and token-bearing URLs are never formatted into errors.
+//! in [`Secret`](crate::secret::Secret), token-bearing URLs are never formatted into errors, and
+//! every provider text is passed through the channel's [`Redactor`] before it becomes a reason.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::secret::Redactor;
+
 pub mod email;
+pub mod http;
 pub mod log;
 pub mod telegram;
 #[cfg(test)]
@@ -67,57 +71,32 @@ impl DeliveryError {
     }
 }
 
-/// A provider adapter. `name()` is what the outbox records as the provider (`twilio`, `log`, …).
+/// A provider adapter. `provider()` is what the outbox records as the provider (`twilio`, `log`, …).
 #[async_trait]
 pub trait Channel: Send + Sync {
     fn provider(&self) -> &'static str;
     async fn send(&self, message: &OutboundMessage) -> Result<Receipt, DeliveryError>;
 }
 
-/// Classifies a reqwest transport error (no HTTP response) without ever printing its URL, which
-/// may carry a token (Telegram puts it in the path).
-pub fn transport_error(err: &reqwest::Error) -> DeliveryError {
-    let what = if err.is_timeout() {
-        "request timed out"
-    } else if err.is_connect() {
-        "could not connect to the provider"
-    } else if err.is_body() || err.is_decode() {
-        "the provider's reply could not be read"
-    } else {
-        "the request to the provider failed"
-    };
-    DeliveryError::transient(what)
-}
-
-/// Parses a `Retry-After` header given in seconds.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
-}
-
 /// Longest provider text kept in a reason.
 pub const MAX_REASON_CHARS: usize = 300;
 
-/// Removes a credential from provider text: a provider or a proxy in front of it may echo the
-/// request, and a reason is cheap to scrub and costly to leak.
-pub fn redact(text: &str, secret: Option<&crate::config::Secret>) -> String {
-    match secret.map(|s| s.expose().trim()) {
-        Some(secret) if !secret.is_empty() => text.replace(secret, "[redacted]"),
-        _ => text.to_owned(),
-    }
+/// Provider text as one line of a reason: credentials removed first (so that a cut through one
+/// cannot leave its first part behind), then whitespace and control characters folded, then cut
+/// at [`MAX_REASON_CHARS`].
+pub fn clean(text: &str, redactor: &Redactor) -> String {
+    clean_to(text, redactor, MAX_REASON_CHARS)
 }
 
-/// Provider text as one line of a reason: whitespace folded, the credential removed before the
-/// cut (so that a credential split by the cut cannot survive in part), then cut.
-pub fn clean(text: &str, secret: Option<&crate::config::Secret>) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    snippet(&redact(&one_line, secret), MAX_REASON_CHARS)
+fn clean_to(text: &str, redactor: &Redactor, max: usize) -> String {
+    snippet(&one_line(&redactor.redact(text)), max)
+}
+
+/// Runs of whitespace and control characters (CR, LF, tabs, NUL) become one space, so provider
+/// text can neither break a log line nor inject a header.
+pub fn one_line(text: &str) -> String {
+    let spaced: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    spaced.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// `628…` from `628…` or `+628…`; `None` unless what is left is all digits, because gateways
@@ -137,25 +116,6 @@ pub fn field<'a>(
     object
         .get(name)
         .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
-}
-
-/// A credential as a header value marked sensitive (so no `Debug` shows it). `what` names it in
-/// the error: an empty or unsendable credential takes the whole channel down.
-pub fn secret_header(
-    secret: &crate::config::Secret,
-    what: &str,
-) -> Result<reqwest::header::HeaderValue, DeliveryError> {
-    let raw = secret.expose().trim();
-    if raw.is_empty() {
-        return Err(DeliveryError::channel_down(format!("no {what} is configured")));
-    }
-    let mut value = reqwest::header::HeaderValue::from_str(raw).map_err(|_| {
-        DeliveryError::channel_down(format!(
-            "the {what} contains characters that cannot go in an HTTP header"
-        ))
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 /// Keeps at most `max` characters of a provider's reply for an error message.
@@ -249,5 +209,91 @@ impl Registry {
 
     pub fn channels(&self) -> impl Iterator<Item = (&'static str, &std::sync::Arc<dyn Channel>)> {
         self.channels.iter().map(|(n, c)| (*n, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::secret::Secret;
+
+    fn redactor(secret: &str) -> Redactor {
+        Redactor::new().secret(&Secret::new(secret))
+    }
+
+    #[test]
+    fn a_reason_is_one_line_cut_at_the_limit_with_an_ellipsis() {
+        let text = format!("line one\r\n\tline\0two {}", "x".repeat(400));
+        let reason = clean(&text, &Redactor::new());
+        assert!(reason.starts_with("line one line two xxx"), "{reason}");
+        assert_eq!(reason.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(reason.ends_with('…'));
+        assert_eq!(clean("short", &Redactor::new()), "short");
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_limit_leaves_no_part_behind() {
+        let secret = "Fn7xQ2vL9pR4sT8wK3mZ";
+        // The secret starts ten characters before the cut.
+        let text = format!("{}{secret} tail", "x".repeat(MAX_REASON_CHARS - 10));
+        let reason = clean(&text, &redactor(secret));
+        assert!(!reason.contains("Fn7x"), "{reason}");
+        assert!(reason.ends_with("x[redacted]…"), "{reason}");
+    }
+
+    #[test]
+    fn phone_digits_are_digits_or_nothing() {
+        assert_eq!(phone_digits(" +6281234567890 ").as_deref(), Some("6281234567890"));
+        assert_eq!(phone_digits("6281,6282"), None);
+        assert_eq!(phone_digits("+"), None);
+    }
+
+    #[test]
+    fn fields_are_found_by_exact_name_first_then_in_any_case() {
+        let value = serde_json::json!({"Status": false, "status": true, "REASON": "x"});
+        let object = value.as_object().expect("an object");
+        assert_eq!(field(object, "status"), Some(&serde_json::json!(true)));
+        assert_eq!(field(object, "reason"), Some(&serde_json::json!("x")));
+        assert_eq!(field(object, "id"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn no_cut_position_lets_any_part_of_a_secret_through(
+            secret in "[A-Za-z0-9_:+/=-]{8,40}",
+            before in "[ .,!?<>#()~é\n\t]{0,320}",
+            after in "[ .,!?<>#()~é\n\t]{0,40}",
+            max in 0usize..400,
+        ) {
+            let text = format!("{before}{secret}{after}");
+            let out = clean_to(&text, &redactor(&secret), max);
+            // The surroundings share no character with the secret, so any letter, digit or
+            // symbol of the secret's alphabet left in the output (outside the marker) leaked.
+            let mut rest = out.replace("[redacted]", "");
+            if let Some(cut) = rest.strip_suffix('…') {
+                rest = cut.to_owned();
+            }
+            // The cut may also fall inside a marker.
+            if let Some(at) = rest.rfind('[') {
+                if "[redacted]".starts_with(&rest[at..]) {
+                    rest.truncate(at);
+                }
+            }
+            let leaked: String = rest.chars().filter(|c| secret.contains(*c)).collect();
+            prop_assert!(leaked.is_empty(), "{:?} leaked from {:?}", leaked, out);
+        }
+
+        #[test]
+        fn a_secret_never_survives_whatever_surrounds_it_and_wherever_the_cut(
+            secret in "[A-Za-z0-9_:+/=-]{8,40}",
+            before in any::<String>(),
+            after in any::<String>(),
+            max in 0usize..400,
+        ) {
+            let text = format!("{before}{secret}{after}");
+            prop_assert!(!clean_to(&text, &redactor(&secret), max).contains(&secret));
+        }
     }
 }

@@ -30,12 +30,19 @@ impl SmtpSink {
     /// Starts the sink on a free loopback port. `None` when `python3` or `aiosmtpd` is missing
     /// (outside CI); any other failure to start panics.
     pub async fn start() -> Option<SmtpSink> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`SmtpSink::start`] with the sink's options (`--auth USER:PASSWORD`, `--mechanisms`,
+    /// `--auth-reply`, `--require-auth`, `--echo-auth`, `--echo-at N`; see `tests/smtp_sink.py`).
+    pub async fn start_with(options: &[&str]) -> Option<SmtpSink> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().expect("create the sink's directory");
         let spawned = Command::new("python3")
             .arg(root.join("tests").join("smtp_sink.py"))
             .arg("0")
             .arg(dir.path())
+            .args(options)
             .current_dir(root)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -163,9 +170,43 @@ fn closed_port() -> u16 {
     port
 }
 
+const USER: &str = "tagihan@kosmelati.example";
+
+/// Standard base64 with padding, as AUTH PLAIN and AUTH LOGIN carry credentials.
+pub fn encode_base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// The password, and its AUTH PLAIN and AUTH LOGIN forms, are in neither `Display` nor `Debug`.
 fn assert_no_password(err: &DeliveryError) {
     let shown = format!("{err} {err:?}");
-    assert!(!shown.contains(PASSWORD), "the password leaked: {shown}");
+    let plain = encode_base64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    let login = encode_base64(PASSWORD.as_bytes());
+    for form in [PASSWORD, plain.trim_end_matches('='), login.trim_end_matches('=')] {
+        assert!(!shown.contains(form), "the password leaked as {form}: {shown}");
+    }
+    // Nor does its first part, as a cut through it would leave.
+    assert!(!shown.contains(&PASSWORD[..10]), "part of the password leaked: {shown}");
+}
+
+fn authenticating(port: u16, password: &str) -> SmtpChannel {
+    let mut cfg = config(port);
+    cfg.username = Some(USER.to_owned());
+    cfg.password = Some(Secret::new(password));
+    SmtpChannel::new(cfg).expect("a valid SMTP config")
 }
 
 // --- a small reader for the raw messages: unfolded headers, RFC 2047 words, body encodings ---
@@ -461,4 +502,136 @@ async fn starttls_against_a_server_without_starttls_takes_the_channel_down() {
     let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
     assert!(reason.contains("STARTTLS"), "{reason}");
     assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn good_credentials_deliver_over_auth_plain_and_over_auth_login() {
+    let auth = format!("{USER}:{PASSWORD}");
+    for mechanism in ["PLAIN", "LOGIN"] {
+        let Some(sink) = SmtpSink::start_with(&["--auth", &auth, "--mechanisms", mechanism]).await
+        else {
+            return;
+        };
+
+        authenticating(sink.port, PASSWORD)
+            .send(&message("budi@example.com"))
+            .await
+            .unwrap_or_else(|e| panic!("AUTH {mechanism}: {e}"));
+
+        assert_eq!(sink.messages().len(), 1, "AUTH {mechanism}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_535_and_takes_email_down_with_the_reason_but_not_the_password() {
+    let auth = format!("{USER}:the-right-password");
+    for mechanism in ["PLAIN", "LOGIN"] {
+        let Some(sink) =
+            SmtpSink::start_with(&["--auth", &auth, "--mechanisms", mechanism, "--echo-auth"])
+                .await
+        else {
+            return;
+        };
+
+        let err = authenticating(sink.port, PASSWORD)
+            .send(&message("budi@example.com"))
+            .await
+            .expect_err("the password is wrong");
+
+        assert_no_password(&err);
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{mechanism}: {err:?}") };
+        assert!(
+            reason.starts_with(&format!(
+                "the SMTP server 127.0.0.1:{} refused to authenticate as '{USER}': 535 5.7.8 \
+                 Authentication credentials invalid",
+                sink.port
+            )),
+            "{reason}"
+        );
+        // The sink quoted the AUTH exchange back; the client scrubbed it.
+        assert!(reason.contains(&format!("AUTH {mechanism}")), "{reason}");
+        assert!(reason.contains("password=[redacted]"), "{reason}");
+        assert!(sink.messages().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_password_quoted_across_the_reasons_cut_leaves_no_part_behind() {
+    let auth = format!("{USER}:the-right-password");
+    // The quoted AUTH PLAIN line starts a few characters before the reason's 300-character cut.
+    let Some(sink) =
+        SmtpSink::start_with(&["--auth", &auth, "--echo-auth", "--echo-at", "290"]).await
+    else {
+        return;
+    };
+
+    let err = authenticating(sink.port, PASSWORD)
+        .send(&message("budi@example.com"))
+        .await
+        .expect_err("the password is wrong");
+
+    assert_no_password(&err);
+    let plain = encode_base64(format!("\0{USER}\0{PASSWORD}").as_bytes());
+    assert!(!format!("{err}").contains(&plain[..8]), "part of AUTH PLAIN leaked: {err}");
+    assert!(format!("{err}").ends_with("xAUTH PLAIN [redacted]…"), "{err}");
+}
+
+#[tokio::test]
+async fn auth_replies_530_534_535_538_take_email_down_with_the_servers_words() {
+    let auth = format!("{USER}:{PASSWORD}");
+    let cases: [(&[&str], bool, &str); 4] = [
+        // No credentials configured, but the server wants them before MAIL.
+        (&["--auth", &auth, "--require-auth"], false, "530 5.7.0 Authentication required"),
+        (
+            &["--auth-reply", "534 5.7.9 Authentication mechanism is too weak", "--echo-auth"],
+            true,
+            "534 5.7.9 Authentication mechanism is too weak",
+        ),
+        (
+            &["--auth", &format!("{USER}:other")],
+            true,
+            "535 5.7.8 Authentication credentials invalid",
+        ),
+        (
+            &[
+                "--auth-reply",
+                "538 5.7.11 Encryption required for requested authentication mechanism",
+            ],
+            true,
+            "538 5.7.11 Encryption required",
+        ),
+    ];
+    for (options, with_credentials, said) in cases {
+        let Some(sink) = SmtpSink::start_with(options).await else { return };
+        let channel =
+            if with_credentials { authenticating(sink.port, PASSWORD) } else { channel(sink.port) };
+
+        let err = channel.send(&message("budi@example.com")).await.expect_err(said);
+
+        assert_no_password(&err);
+        let DeliveryError::ChannelDown { reason } = err else { panic!("{said}: {err:?}") };
+        assert!(reason.contains("refused to authenticate"), "{reason}");
+        assert!(reason.contains(said), "{said}: {reason}");
+        assert!(sink.messages().is_empty(), "{said}");
+    }
+}
+
+#[tokio::test]
+async fn replies_after_a_good_auth_that_quote_it_are_scrubbed_too() {
+    let auth = format!("{USER}:{PASSWORD}");
+    let Some(sink) = SmtpSink::start_with(&["--auth", &auth, "--echo-auth"]).await else { return };
+    let channel = authenticating(sink.port, PASSWORD);
+
+    let refused = channel.send(&message("reject-budi@example.com")).await.expect_err("550");
+    let deferred = channel.send(&message("defer-budi@example.com")).await.expect_err("451");
+
+    for (err, code) in [(&refused, "550 5.1.1"), (&deferred, "451 4.3.0")] {
+        assert_no_password(err);
+        assert!(err.to_string().contains(code), "{err}");
+        assert!(err.to_string().contains("AUTH PLAIN [redacted]"), "{err}");
+    }
+    assert!(matches!(refused, DeliveryError::Permanent { .. }), "{refused:?}");
+    assert!(matches!(deferred, DeliveryError::Transient { .. }), "{deferred:?}");
+    channel.send(&message("budi@example.com")).await.expect("delivered");
+    assert_eq!(sink.messages().len(), 1);
 }

@@ -3,20 +3,21 @@
 //! (`providers.md` §4).
 //!
 //! Fonnte reports most failures as HTTP 200 with `{"status": false, "reason": "…"}`, so the
-//! `status` boolean, not the HTTP code, decides success, and the reason text decides the class.
-//! The device token travels only in the `Authorization` header and is scrubbed from every
-//! provider text that becomes a reason.
+//! `status` boolean (any key case), not the HTTP code, decides success, and the reason text
+//! decides the class. A 200 without `status` did not come from Fonnte and is transient. The
+//! device token travels only in the `Authorization` header and is scrubbed from every provider
+//! text that becomes a reason, raw replies included.
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
+use crate::channels::http::{self, provider_id, secret_header, transport_error, Reply};
 use crate::channels::{
-    clean, field, phone_digits, retry_after, secret_header, transport_error, Channel,
-    DeliveryError, OutboundMessage, Receipt,
+    clean, field, phone_digits, Channel, DeliveryError, OutboundMessage, Receipt,
 };
-use crate::config::Secret;
+use crate::secret::{Redactor, Secret};
 
 /// Fonnte rewrites a leading `0` to this; our numbers are already international, so it is a
 /// no-op kept explicit rather than relying on Fonnte's default.
@@ -35,21 +36,18 @@ pub struct FonnteConfig {
 pub struct FonnteChannel {
     config: FonnteConfig,
     client: reqwest::Client,
+    redactor: Redactor,
 }
 
 impl FonnteChannel {
     /// Builds the adapter; the client is shared so connection pools and timeouts are set once.
     pub fn new(config: FonnteConfig, client: reqwest::Client) -> Self {
-        Self { config, client }
+        let redactor = Redactor::new().secret(&config.token);
+        Self { config, client, redactor }
     }
 
     fn endpoint(&self) -> Result<Url, DeliveryError> {
-        // Pushing a segment (rather than formatting a string) copes with a trailing slash or a
-        // path prefix in `api_base`.
-        let bad_base = || DeliveryError::channel_down("the Fonnte API base URL is not a valid URL");
-        let mut url = Url::parse(self.config.api_base.trim()).map_err(|_| bad_base())?;
-        url.path_segments_mut().map_err(|()| bad_base())?.pop_if_empty().push("send");
-        Ok(url)
+        http::endpoint(&self.config.api_base, &["send"], "the Fonnte API base URL")
     }
 
     /// The raw token (Fonnte wants no `Bearer`).
@@ -91,29 +89,25 @@ impl Channel for FonnteChannel {
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
+        answer(&Reply::read(response).await?, &self.redactor)
+    }
+}
 
-        let status = response.status();
-        let headers = response.headers().clone();
-        // Unlike most providers, a 200 from Fonnte means nothing until its body says `status`,
-        // so an unreadable body is a failed exchange whatever the code.
-        let body = response.text().await.map_err(|e| transport_error(&e))?;
-        let token = &self.config.token;
-
-        if status.is_success() {
-            let reply = FonnteReply::parse(&body);
-            return match reply.status {
-                Some(true) => Ok(Receipt { provider_message_id: reply.id }),
-                Some(false) => Err(reply.refusal(token)),
-                // Fonnte always says `status`; a 200 without it came from something in front of
-                // Fonnte (a captive portal, a maintenance page), so the message never got queued.
-                None => Err(DeliveryError::transient(format!(
-                    "Fonnte answered HTTP {} without a status: {}",
-                    status.as_u16(),
-                    clean(&body, Some(token))
-                ))),
-            };
-        }
-        Err(classify(status, &headers, &body, token))
+/// What a reply means. Unlike most providers, a 200 from Fonnte means nothing until its body
+/// says `status`.
+fn answer(reply: &Reply, redactor: &Redactor) -> Result<Receipt, DeliveryError> {
+    let parsed = FonnteReply::parse(reply.json().as_ref());
+    if !reply.status.is_success() {
+        return Err(classify(reply.status, &reply.headers, &reply.body, &parsed, redactor));
+    }
+    match parsed.status {
+        Some(true) => Ok(Receipt {
+            provider_message_id: parsed.id.as_deref().and_then(|id| provider_id(id, redactor)),
+        }),
+        Some(false) => Err(parsed.refusal(redactor)),
+        // Fonnte always says `status`; a 200 without it came from something in front of Fonnte
+        // (a captive portal, a maintenance page), so the message never got queued.
+        None => Err(reply.unproven("Fonnte", "a status", redactor)),
     }
 }
 
@@ -125,9 +119,8 @@ struct FonnteReply {
 }
 
 impl FonnteReply {
-    fn parse(body: &str) -> Self {
-        let value = serde_json::from_str::<Value>(body).ok();
-        let Some(object) = value.as_ref().and_then(Value::as_object) else {
+    fn parse(value: Option<&Value>) -> Self {
+        let Some(object) = value.and_then(Value::as_object) else {
             return Self { status: None, reason: None, id: None };
         };
         // Documented as a boolean; a string form is accepted so a quirky proxy can't hide it.
@@ -158,9 +151,9 @@ impl FonnteReply {
     }
 
     /// `status: false`: the class comes from the reason text.
-    fn refusal(&self, token: &Secret) -> DeliveryError {
+    fn refusal(&self, redactor: &Redactor) -> DeliveryError {
         match &self.reason {
-            Some(reason) => classify_reason(reason, token),
+            Some(reason) => classify_reason(reason, redactor),
             None => DeliveryError::permanent("Fonnte refused the message without giving a reason"),
         }
     }
@@ -168,9 +161,9 @@ impl FonnteReply {
 
 /// Maps Fonnte's `reason` to a class by case-insensitive substring, since the exact strings are
 /// undocumented and drift (`providers.md` §8).
-fn classify_reason(reason: &str, token: &Secret) -> DeliveryError {
+fn classify_reason(reason: &str, redactor: &Redactor) -> DeliveryError {
     let lower = reason.to_lowercase();
-    let said = clean(reason, Some(token));
+    let said = clean(reason, redactor);
     let has = |needle: &str| lower.contains(needle);
 
     // Device state is checked first: "request invalid on disconnected device" also says invalid.
@@ -204,21 +197,28 @@ fn classify_reason(reason: &str, token: &Secret) -> DeliveryError {
 }
 
 /// Maps a non-2xx reply to a [`DeliveryError`].
-fn classify(status: StatusCode, headers: &HeaderMap, body: &str, token: &Secret) -> DeliveryError {
-    let reply = FonnteReply::parse(body);
-    let detail = match &reply.reason {
-        Some(reason) => {
-            format!("Fonnte answered HTTP {}: {}", status.as_u16(), clean(reason, Some(token)))
-        }
-        None if body.trim().is_empty() => format!("Fonnte answered HTTP {}", status.as_u16()),
-        None => format!("Fonnte answered HTTP {}: {}", status.as_u16(), clean(body, Some(token))),
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    reply: &FonnteReply,
+    redactor: &Redactor,
+) -> DeliveryError {
+    let said = match &reply.reason {
+        Some(reason) => clean(reason, redactor),
+        None => clean(body, redactor),
+    };
+    let detail = if said.is_empty() {
+        format!("Fonnte answered HTTP {}", status.as_u16())
+    } else {
+        format!("Fonnte answered HTTP {}: {said}", status.as_u16())
     };
     match status.as_u16() {
-        429 => DeliveryError::RateLimited { reason: detail, retry_after: retry_after(headers) },
         // A Fonnte refusal that happens to ride a 4xx is still classified by what it says.
-        400..=499 if reply.status == Some(false) && reply.reason.is_some() => reply.refusal(token),
-        400..=499 => DeliveryError::permanent(detail),
-        _ => DeliveryError::Transient { reason: detail, retry_after: retry_after(headers) },
+        400..=428 | 430..=499 if reply.status == Some(false) && reply.reason.is_some() => {
+            reply.refusal(redactor)
+        }
+        code => http::by_status(code, headers, detail),
     }
 }
 
@@ -232,7 +232,10 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
-    use crate::channels::test_support::{client, closed_port, whatsapp_message, FormIs};
+    use crate::channels::test_support::{
+        client, closed_port, endless_server, outcome, reply_with, timeout_client, whatsapp_message,
+        Case, FormIs,
+    };
 
     const TOKEN: &str = "fonnte-secret-7a6b5c4dX9";
     const BODY: &str = "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar";
@@ -256,14 +259,6 @@ mod tests {
             "requestid": 2_937_124,
             "status": true,
             "target": ["6281234567890"],
-        }))
-    }
-
-    fn refused(reason: &str) -> ResponseTemplate {
-        ResponseTemplate::new(200).set_body_json(json!({
-            "reason": reason,
-            "requestid": 2_937_125,
-            "status": false,
         }))
     }
 
@@ -395,132 +390,205 @@ mod tests {
         assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn token_invalid_takes_the_channel_down() {
-        let err = reply(refused("token invalid")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("token"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn invalid_token_in_any_case_and_key_capitalization_takes_the_channel_down() {
-        let err = reply(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({ "Status": false, "Reason": "Invalid Token" })),
-        )
-        .await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_disconnected_device_takes_the_channel_down_and_asks_for_a_qr_scan() {
-        let err = reply(refused("request invalid on disconnected device")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(
-            reason.starts_with(
-                "Fonnte device is disconnected: scan the QR code in the Fonnte dashboard"
+    #[test]
+    fn replies_are_classified_by_status_flag_reason_text_and_http_status() {
+        let redactor = Redactor::new().secret(&Secret::new(TOKEN));
+        let none: &[(&str, &str)] = &[];
+        let r12: &[(&str, &str)] = &[("Retry-After", "12")];
+        let refused =
+            |reason: &str| json!({"reason": reason, "requestid": 1, "status": false}).to_string();
+        let cases: Vec<Case> = vec![
+            (
+                200,
+                refused("token invalid"),
+                none,
+                "channel_down",
+                "Fonnte rejected the device token",
+                None,
             ),
-            "{reason}"
-        );
-    }
-
-    #[tokio::test]
-    async fn insufficient_quota_takes_the_channel_down() {
-        let err = reply(refused("insufficient quota")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("quota"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn target_invalid_is_permanent() {
-        let err = reply(refused("target invalid")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("target invalid"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn request_bugs_input_url_file_and_json_are_permanent() {
-        for said in [
-            "input invalid",
-            "url invalid",
-            "file format not supported",
-            "file size must under 4MB",
-            "JSON format invalid",
-        ] {
-            let err = reply(refused(said)).await;
-            let DeliveryError::Permanent { reason } = err else { panic!("{said}: {err:?}") };
-            assert!(reason.contains(said), "{reason}");
+            (
+                200,
+                json!({"Status": false, "Reason": "Invalid Token"}).to_string(),
+                none,
+                "channel_down",
+                "(Invalid Token)",
+                None,
+            ),
+            (
+                200,
+                refused("request invalid on disconnected device"),
+                none,
+                "channel_down",
+                "Fonnte device is disconnected: scan the QR code in the Fonnte dashboard",
+                None,
+            ),
+            (200, refused("insufficient quota"), none, "channel_down", "quota is exhausted", None),
+            (
+                200,
+                refused("target invalid"),
+                none,
+                "permanent",
+                "recipient number is invalid (target invalid)",
+                None,
+            ),
+            (
+                200,
+                refused("input invalid"),
+                none,
+                "permanent",
+                "rejected the request (input invalid)",
+                None,
+            ),
+            (200, refused("url invalid"), none, "permanent", "(url invalid)", None),
+            (
+                200,
+                refused("file format not supported"),
+                none,
+                "permanent",
+                "(file format not supported)",
+                None,
+            ),
+            (
+                200,
+                refused("file size must under 4MB"),
+                none,
+                "permanent",
+                "(file size must under 4MB)",
+                None,
+            ),
+            (200, refused("JSON format invalid"), none, "permanent", "(JSON format invalid)", None),
+            (200, refused("request timeout"), none, "transient", "Fonnte timed out", None),
+            (
+                200,
+                refused("something new went wrong"),
+                none,
+                "permanent",
+                "refused the message: something new",
+                None,
+            ),
+            (
+                200,
+                json!({"status": false}).to_string(),
+                none,
+                "permanent",
+                "without giving a reason",
+                None,
+            ),
+            (
+                200,
+                json!({"status": "false", "reason": "target invalid"}).to_string(),
+                none,
+                "permanent",
+                "target invalid",
+                None,
+            ),
+            (
+                200,
+                refused(&format!("unknown device {TOKEN}")),
+                none,
+                "permanent",
+                "unknown device [redacted]",
+                None,
+            ),
+            (
+                200,
+                "<html>maintenance</html>".into(),
+                none,
+                "transient",
+                "Fonnte answered HTTP 200 without a status: <html>maintenance</html>",
+                None,
+            ),
+            (
+                200,
+                json!({"detail": "queued"}).to_string(),
+                none,
+                "transient",
+                "without a status",
+                None,
+            ),
+            (200, String::new(), none, "transient", "with an empty body", None),
+            (
+                500,
+                "Internal Server Error".into(),
+                none,
+                "transient",
+                "HTTP 500: Internal Server Error",
+                None,
+            ),
+            (503, String::new(), none, "transient", "Fonnte answered HTTP 503", None),
+            (429, String::new(), r12, "rate_limited", "HTTP 429", Some(12)),
+            (
+                429,
+                refused("token invalid"),
+                r12,
+                "rate_limited",
+                "HTTP 429: token invalid",
+                Some(12),
+            ),
+            (
+                404,
+                "<html>Not Found</html>".into(),
+                none,
+                "permanent",
+                "HTTP 404: <html>Not Found</html>",
+                None,
+            ),
+            // A Fonnte refusal that rides a 4xx is still classified by its reason.
+            (401, refused("token invalid"), none, "channel_down", "device token", None),
+            (
+                401,
+                format!("Unauthorized {TOKEN}"),
+                none,
+                "permanent",
+                "HTTP 401: Unauthorized [redacted]",
+                None,
+            ),
+        ];
+        for (status, body, headers, class, contains, retry_after) in cases {
+            let result = answer(&reply_with(status, &body, headers), &redactor);
+            let (got, reason, wait) = outcome(&result);
+            assert_eq!((got, wait), (class, retry_after), "{status} {body}: {reason}");
+            assert!(reason.contains(contains), "{status} {body}: {reason}");
+            assert!(!reason.contains(TOKEN), "{reason}");
         }
     }
 
     #[tokio::test]
-    async fn request_timeout_is_transient() {
-        let err = reply(refused("request timeout")).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
+    async fn a_200_that_is_a_page_an_empty_body_or_no_fonnte_json_is_transient() {
+        for (body, quoted) in [
+            ("<html><title>Login - Corporate Proxy</title></html>", "Corporate Proxy"),
+            ("", "empty body"),
+            (r#"{"error":"route not found"}"#, "route not found"),
+        ] {
+            let err = reply(ResponseTemplate::new(200).set_body_string(body)).await;
+            let DeliveryError::Transient { reason, .. } = err else { panic!("{body}: {err:?}") };
+            assert!(reason.contains(quoted), "{reason}");
+        }
     }
 
     #[tokio::test]
-    async fn an_unknown_reason_is_permanent_and_keeps_the_reason() {
-        let err = reply(refused("something new went wrong")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("something new went wrong"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn status_false_without_a_reason_is_permanent() {
-        let err = reply(ResponseTemplate::new(200).set_body_json(json!({ "status": false }))).await;
-        assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_200_that_is_not_fonnte_json_is_transient() {
-        let err =
-            reply(ResponseTemplate::new(200).set_body_string("<html>maintenance</html>")).await;
+    async fn an_endless_reply_is_cut_and_transient_within_seconds() {
+        let (base, _) = endless_server().await;
+        let started = std::time::Instant::now();
+        let err = channel(&base).send(&message()).await.expect_err("no status");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
-        assert!(reason.contains("without a status"), "{reason}");
+        assert!(reason.starts_with("Fonnte answered HTTP 200 without a status"), "{reason}");
     }
 
     #[tokio::test]
-    async fn a_5xx_is_transient() {
-        let err = reply(ResponseTemplate::new(500).set_body_string("Internal Server Error")).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_5xx_without_a_body_is_transient() {
-        let err = reply(ResponseTemplate::new(503)).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn http_429_is_rate_limited_and_honours_retry_after() {
-        let err = reply(ResponseTemplate::new(429).insert_header("Retry-After", "12")).await;
-        let DeliveryError::RateLimited { retry_after, .. } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, Some(Duration::from_secs(12)));
-    }
-
-    #[tokio::test]
-    async fn another_non_200_is_permanent_with_a_snippet_of_the_body() {
-        let err = reply(ResponseTemplate::new(404).set_body_string("<html>Not Found</html>")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("HTTP 404") && reason.contains("Not Found"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_fonnte_refusal_on_a_4xx_is_still_classified_by_its_reason() {
-        let err = reply(
-            ResponseTemplate::new(401)
-                .set_body_json(json!({ "status": false, "reason": "token invalid" })),
-        )
-        .await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_token_echoed_in_the_reason_is_scrubbed() {
-        let err = reply(refused(&format!("unknown device {TOKEN}"))).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("[redacted]"), "{reason}");
+    async fn a_reply_slower_than_the_client_timeout_is_transient() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(queued(&json!("1")).set_delay(Duration::from_secs(5)))
+            .mount(&server)
+            .await;
+        let channel = FonnteChannel::new(
+            FonnteConfig { token: Secret::new(TOKEN), api_base: server.uri() },
+            timeout_client(),
+        );
+        let err = channel.send(&message()).await.expect_err("too slow");
+        assert_eq!(err.to_string(), "transient: request timed out");
     }
 
     #[tokio::test]

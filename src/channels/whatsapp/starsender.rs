@@ -8,18 +8,22 @@
 //! `data`. Inferred, with no official documentation: where the message id lives, every error
 //! text, which HTTP codes Starsender uses, and any rate limit. The code therefore reads the reply
 //! defensively (any key case, the legacy `status` flag, string or numeric ids) and never trusts a
-//! 2xx alone. The device key travels only in the header and is scrubbed from every reason.
+//! 2xx alone: success is `success: true`, an explicit `success: false` is a refusal read by its
+//! text, and a 2xx with no flag at all (a proxy's page, an empty body) is transient. The device
+//! key travels only in the header and is scrubbed from every reason.
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
 use serde_json::{json, Value};
 
-use crate::channels::{
-    clean, field, phone_digits, retry_after, secret_header, transport_error, Channel,
-    DeliveryError, OutboundMessage, Receipt,
+use crate::channels::http::{
+    self, provider_id, retry_after, secret_header, transport_error, Reply,
 };
-use crate::config::Secret;
+use crate::channels::{
+    clean, field, phone_digits, Channel, DeliveryError, OutboundMessage, Receipt,
+};
+use crate::secret::{Redactor, Secret};
 
 /// Credentials and endpoint for Starsender's V3 API.
 #[derive(Debug, Clone)]
@@ -34,22 +38,18 @@ pub struct StarsenderConfig {
 pub struct StarsenderChannel {
     config: StarsenderConfig,
     client: reqwest::Client,
+    redactor: Redactor,
 }
 
 impl StarsenderChannel {
     /// Builds the adapter; the client is shared so connection pools and timeouts are set once.
     pub fn new(config: StarsenderConfig, client: reqwest::Client) -> Self {
-        Self { config, client }
+        let redactor = Redactor::new().secret(&config.api_key);
+        Self { config, client, redactor }
     }
 
     fn endpoint(&self) -> Result<Url, DeliveryError> {
-        // Pushing segments (rather than formatting a string) copes with a trailing slash or a
-        // path prefix in `api_base`.
-        let bad_base =
-            || DeliveryError::channel_down("the Starsender API base URL is not a valid URL");
-        let mut url = Url::parse(self.config.api_base.trim()).map_err(|_| bad_base())?;
-        url.path_segments_mut().map_err(|()| bad_base())?.pop_if_empty().extend(["api", "send"]);
-        Ok(url)
+        http::endpoint(&self.config.api_base, &["api", "send"], "the Starsender API base URL")
     }
 
     /// The raw key (no `Bearer`).
@@ -92,19 +92,24 @@ impl Channel for StarsenderChannel {
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
-
-        let status = response.status();
-        let headers = response.headers().clone();
-        // Integrators check `success` even on a 2xx, so an unreadable body is a failed exchange.
-        let body = response.text().await.map_err(|e| transport_error(&e))?;
-        let key = &self.config.api_key;
-        let reply = StarsenderReply::parse(&body);
-
-        if status.is_success() && reply.success == Some(true) {
-            return Ok(Receipt { provider_message_id: reply.id });
-        }
-        Err(classify(status, &headers, &body, &reply, key))
+        answer(&Reply::read(response).await?, &self.redactor)
     }
+}
+
+/// What a reply means. Integrators check `success` even on a 2xx.
+fn answer(reply: &Reply, redactor: &Redactor) -> Result<Receipt, DeliveryError> {
+    let parsed = StarsenderReply::parse(reply.json().as_ref());
+    if reply.status.is_success() {
+        match parsed.success {
+            Some(true) => {
+                let id = parsed.id.as_deref().and_then(|id| provider_id(id, redactor));
+                return Ok(Receipt { provider_message_id: id });
+            }
+            None => return Err(reply.unproven("Starsender", "a success flag", redactor)),
+            Some(false) => {}
+        }
+    }
+    Err(classify(reply.status, &reply.headers, &reply.body, &parsed, redactor))
 }
 
 /// The parts of Starsender's JSON reply that decide the outcome.
@@ -116,9 +121,8 @@ struct StarsenderReply {
 }
 
 impl StarsenderReply {
-    fn parse(body: &str) -> Self {
-        let value = serde_json::from_str::<Value>(body).ok();
-        let Some(object) = value.as_ref().and_then(Value::as_object) else {
+    fn parse(value: Option<&Value>) -> Self {
+        let Some(object) = value.and_then(Value::as_object) else {
             return Self { success: None, message: None, id: None };
         };
         let flag = |v: &Value| match v {
@@ -154,18 +158,18 @@ fn message_id(data: &Value) -> Option<String> {
     })
 }
 
-/// Maps every reply that is not a 2xx with `success: true` to a [`DeliveryError`]: the HTTP
+/// Maps every reply that is not a 2xx with a success flag to a [`DeliveryError`]: the HTTP
 /// status where it is unambiguous, Starsender's `message` otherwise.
 fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     body: &str,
     reply: &StarsenderReply,
-    key: &Secret,
+    redactor: &Redactor,
 ) -> DeliveryError {
     // Starsender's `message` when it gave one, else a snippet of whatever answered.
     let said = reply.message.as_deref().unwrap_or(body);
-    let detail = match clean(said, Some(key)) {
+    let detail = match clean(said, redactor) {
         said if said.is_empty() => format!("Starsender answered HTTP {}", status.as_u16()),
         said => format!("Starsender answered HTTP {}: {said}", status.as_u16()),
     };
@@ -174,10 +178,11 @@ fn classify(
         401 | 403 => DeliveryError::channel_down(format!(
             "Starsender rejected the device API key: use the key from the Device menu; {detail}"
         )),
-        429 => DeliveryError::RateLimited { reason: detail, retry_after: retry_after(headers) },
-        // 2xx with `success` false or missing, and every other 4xx: a refusal, read by its text.
-        200..=299 | 400..=499 => classify_message(reply.message.as_deref(), headers, detail),
-        _ => DeliveryError::Transient { reason: detail, retry_after: retry_after(headers) },
+        // 2xx with `success: false`, and every 4xx but 429: a refusal, read by its text.
+        200..=299 | 400..=428 | 430..=499 => {
+            classify_message(reply.message.as_deref(), headers, detail)
+        }
+        code => http::by_status(code, headers, detail),
     }
 }
 
@@ -215,7 +220,10 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
-    use crate::channels::test_support::{client, closed_port, whatsapp_message};
+    use crate::channels::test_support::{
+        client, closed_port, endless_server, outcome, reply_with, timeout_client, whatsapp_message,
+        Case,
+    };
 
     const KEY: &str = "starsender-key-1f2e3d4c";
     const BODY: &str = "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar";
@@ -229,14 +237,6 @@ mod tests {
 
     fn message() -> OutboundMessage {
         whatsapp_message(BODY)
-    }
-
-    fn failure(status: u16, message: &str) -> ResponseTemplate {
-        ResponseTemplate::new(status).set_body_json(json!({
-            "success": false,
-            "message": message,
-            "data": null,
-        }))
     }
 
     /// The error an `/api/send` answered with `template` produces.
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn the_id_is_read_from_every_guessed_shape_and_never_invented() {
-        let id = |v: Value| StarsenderReply::parse(&v.to_string()).id;
+        let id = |v: Value| StarsenderReply::parse(Some(&v)).id;
         assert_eq!(id(json!({"data": {"id": "a"}})).as_deref(), Some("a"));
         assert_eq!(id(json!({"data": {"message_id": "b"}})).as_deref(), Some("b"));
         assert_eq!(id(json!({"data": {"messageId": 3}})).as_deref(), Some("3"));
@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn the_legacy_status_flag_counts_only_when_success_is_absent() {
-        let success = |v: Value| StarsenderReply::parse(&v.to_string()).success;
+        let success = |v: Value| StarsenderReply::parse(Some(&v)).success;
         assert_eq!(success(json!({"success": true})), Some(true));
         assert_eq!(success(json!({"Success": "false"})), Some(false));
         assert_eq!(success(json!({"status": true})), Some(true));
@@ -370,93 +370,88 @@ mod tests {
         assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn http_401_takes_the_channel_down() {
-        let err = reply(failure(401, "Unauthorized")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("API key") && reason.contains("Unauthorized"), "{reason}");
+    #[test]
+    fn replies_are_classified_by_status_and_starsenders_message() {
+        let redactor = Redactor::new().secret(&Secret::new(KEY));
+        let none: &[(&str, &str)] = &[];
+        let r15: &[(&str, &str)] = &[("Retry-After", "15")];
+        let r4: &[(&str, &str)] = &[("Retry-After", "4")];
+        let failed = |m: &str| json!({"success": false, "message": m, "data": null}).to_string();
+        let cases: Vec<Case> = vec![
+            (401, failed("Unauthorized"), none, "channel_down",
+             "rejected the device API key: use the key from the Device menu; Starsender answered HTTP 401: Unauthorized", None),
+            (403, String::new(), none, "channel_down", "Starsender answered HTTP 403", None),
+            (429, failed("Too Many Requests"), r15, "rate_limited", "HTTP 429: Too Many Requests", Some(15)),
+            (502, "Bad Gateway".into(), none, "transient", "HTTP 502: Bad Gateway", None),
+            (200, failed("Nomor tujuan tidak valid"), none, "permanent",
+             "Starsender refused the message; Starsender answered HTTP 200: Nomor tujuan tidak valid", None),
+            (400, failed("The to field is required"), none, "permanent", "HTTP 400: The to field is required", None),
+            (200, failed("Device disconnected, please scan QR"), none, "channel_down",
+             "device is not connected", None),
+            (400, failed("WhatsApp is not connected"), none, "channel_down", "not connected", None),
+            (400, failed("Your message quota has run out"), none, "channel_down", "quota is exhausted", None),
+            (200, failed("Rate limit exceeded"), r4, "rate_limited", "Rate limit exceeded", Some(4)),
+            (400, failed("Body exceeds the character limit"), none, "permanent", "character limit", None),
+            (400, failed(&format!("unknown key {KEY}")), none, "permanent", "unknown key [redacted]", None),
+            (200, json!({"Success": "false", "Message": "Nomor salah"}).to_string(), none,
+             "permanent", "Nomor salah", None),
+            (200, json!({"status": false, "message": "legacy refusal"}).to_string(), none,
+             "permanent", "legacy refusal", None),
+            // A 2xx with no success flag at all did not come from Starsender.
+            (200, "<html>hello</html>".into(), none, "transient",
+             "Starsender answered HTTP 200 without a success flag: <html>hello</html>", None),
+            (200, json!({"message": "queued?"}).to_string(), none, "transient", "without a success flag", None),
+            (201, String::new(), none, "transient", "with an empty body", None),
+        ];
+        for (status, body, headers, class, contains, retry_after) in cases {
+            let result = answer(&reply_with(status, &body, headers), &redactor);
+            let (got, reason, wait) = outcome(&result);
+            assert_eq!((got, wait), (class, retry_after), "{status} {body}: {reason}");
+            assert!(reason.contains(contains), "{status} {body}: {reason}");
+            assert!(!reason.contains(KEY), "{reason}");
+        }
     }
 
     #[tokio::test]
-    async fn http_403_takes_the_channel_down() {
-        let err = reply(ResponseTemplate::new(403)).await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
+    async fn a_2xx_that_is_a_page_an_empty_body_or_an_error_is_transient_and_quotes_the_reply() {
+        for (body, quoted) in [
+            ("<html><title>Login - Corporate Proxy</title></html>", "Corporate Proxy"),
+            ("", "empty body"),
+            (r#"{"error":"route not found"}"#, "route not found"),
+        ] {
+            let err = reply(ResponseTemplate::new(200).set_body_string(body)).await;
+            let DeliveryError::Transient { reason, .. } = err else { panic!("{body}: {err:?}") };
+            assert!(reason.contains(quoted), "{reason}");
+        }
     }
 
     #[tokio::test]
-    async fn http_429_is_rate_limited_and_honours_retry_after() {
-        let err = reply(failure(429, "Too Many Requests").insert_header("Retry-After", "15")).await;
-        let DeliveryError::RateLimited { retry_after, .. } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, Some(Duration::from_secs(15)));
+    async fn an_endless_reply_is_cut_and_transient_within_seconds() {
+        let (base, _) = endless_server().await;
+        let started = std::time::Instant::now();
+        let err = channel(&base).send(&message()).await.expect_err("no success flag");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+        assert!(reason.starts_with("Starsender answered HTTP 200 without"), "{reason}");
     }
 
     #[tokio::test]
-    async fn a_5xx_is_transient() {
-        let err = reply(ResponseTemplate::new(502).set_body_string("Bad Gateway")).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn success_false_is_permanent_and_keeps_the_message() {
-        let err = reply(failure(200, "Nomor tujuan tidak valid")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("Nomor tujuan tidak valid"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn another_4xx_is_permanent_and_keeps_the_message() {
-        let err = reply(failure(400, "The to field is required")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("HTTP 400: The to field is required"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_2xx_without_a_success_flag_is_permanent_with_a_snippet() {
-        let err = reply(ResponseTemplate::new(200).set_body_string("<html>hello</html>")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("<html>hello</html>"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_disconnected_device_takes_the_channel_down() {
-        let err = reply(failure(200, "Device disconnected, please scan QR")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("not connected") && reason.contains("scan QR"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_not_connected_message_on_a_4xx_takes_the_channel_down() {
-        let err = reply(failure(400, "WhatsApp is not connected")).await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn an_exhausted_quota_takes_the_channel_down() {
-        let err = reply(failure(400, "Your message quota has run out")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("quota"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_rate_limit_message_is_rate_limited_and_honours_retry_after() {
-        let err =
-            reply(failure(200, "Rate limit exceeded").insert_header("Retry-After", "4")).await;
-        let DeliveryError::RateLimited { reason, retry_after } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, Some(Duration::from_secs(4)));
-        assert!(reason.contains("Rate limit exceeded"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_limit_on_the_message_itself_stays_permanent() {
-        let err = reply(failure(400, "Body exceeds the character limit")).await;
-        assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_key_echoed_in_the_message_is_scrubbed() {
-        let err = reply(failure(400, &format!("unknown key {KEY}"))).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("[redacted]"), "{reason}");
+    async fn a_reply_slower_than_the_client_timeout_is_transient() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"success": true}))
+                    .set_delay(Duration::from_secs(5)),
+            )
+            .mount(&server)
+            .await;
+        let channel = StarsenderChannel::new(
+            StarsenderConfig { api_key: Secret::new(KEY), api_base: server.uri() },
+            timeout_client(),
+        );
+        let err = channel.send(&message()).await.expect_err("too slow");
+        assert_eq!(err.to_string(), "transient: request timed out");
     }
 
     #[tokio::test]

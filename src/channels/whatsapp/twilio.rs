@@ -1,19 +1,21 @@
 //! The Twilio `WhatsApp` adapter: turns an [`OutboundMessage`] into one `Messages.json` POST and
 //! classifies Twilio's answer into the delivery loop's error classes (`providers.md` §1).
 //!
-//! Reasons carry Twilio's `code` and `message` (they hold no secrets) but never the request URL
-//! and never the auth token.
+//! Success is a 2xx carrying the created Message resource, recognised by its non-empty `sid`;
+//! any other 2xx (a proxy's page, a wrong `TWILIO_API_BASE`, an empty body) is transient, so a
+//! misconfiguration fails reminders visibly instead of recording them as sent. Reasons carry
+//! Twilio's `code` and `message` but never the request URL, and never the auth token, in clear or
+//! inside an echoed Basic `Authorization` header.
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, ACCEPT};
 use reqwest::{StatusCode, Url};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::channels::{
-    redact, retry_after, snippet, transport_error, Channel, DeliveryError, OutboundMessage,
-    Receipt, MAX_REASON_CHARS,
-};
-use crate::config::Secret;
+use crate::channels::http::{self, provider_id, retry_after, transport_error, Reply};
+use crate::channels::{clean, Channel, DeliveryError, OutboundMessage, Receipt};
+use crate::secret::{Redactor, Secret};
 
 /// Credentials and addresses for the Twilio 2010-04-01 Messages API.
 #[derive(Debug, Clone)]
@@ -34,27 +36,19 @@ pub struct TwilioChannel {
     client: reqwest::Client,
     /// The Messages endpoint, built once: parsing it per message showed in delivery profiles.
     endpoint: Result<Url, DeliveryError>,
+    redactor: Redactor,
 }
 
 impl TwilioChannel {
     /// Builds the adapter; the client is shared so connection pools and timeouts are set once.
     pub fn new(config: TwilioConfig, client: reqwest::Client) -> Self {
-        let endpoint = Self::endpoint(&config);
-        Self { config, client, endpoint }
-    }
-
-    fn endpoint(config: &TwilioConfig) -> Result<Url, DeliveryError> {
-        // Pushing segments (rather than formatting a string) percent-encodes the SID and copes
-        // with a trailing slash or a path prefix in `api_base`.
-        let bad_base = || DeliveryError::channel_down("the Twilio API base URL is not a valid URL");
-        let mut url = Url::parse(config.api_base.trim()).map_err(|_| bad_base())?;
-        url.path_segments_mut().map_err(|()| bad_base())?.pop_if_empty().extend([
-            "2010-04-01",
-            "Accounts",
-            config.account_sid.trim(),
-            "Messages.json",
-        ]);
-        Ok(url)
+        let endpoint = http::endpoint(
+            &config.api_base,
+            &["2010-04-01", "Accounts", config.account_sid.trim(), "Messages.json"],
+            "the Twilio API base URL",
+        );
+        let redactor = Redactor::new().basic_auth(&config.account_sid, &config.auth_token);
+        Self { config, client, endpoint, redactor }
     }
 }
 
@@ -87,27 +81,7 @@ impl Channel for TwilioChannel {
             .send()
             .await
             .map_err(|e| transport_error(&e))?;
-
-        let status = response.status();
-        let headers = response.headers().clone();
-        // The body may be unreadable even when the status is fine; the status decides success.
-        let body = response.text().await;
-
-        if status.is_success() {
-            let sid = body.ok().as_deref().and_then(message_sid);
-            if sid.is_none() {
-                // Accepted but unreadable: failing here would make the loop send it twice.
-                tracing::warn!(
-                    outbox_id = message.id,
-                    http_status = status.as_u16(),
-                    "Twilio accepted the message but its reply carried no sid"
-                );
-            }
-            return Ok(Receipt { provider_message_id: sid });
-        }
-
-        let body = body.map_err(|e| transport_error(&e))?;
-        Err(classify(status, &headers, &body, &self.config.auth_token))
+        answer(&Reply::read(response).await?, &self.redactor)
     }
 }
 
@@ -123,10 +97,22 @@ fn whatsapp_address(raw: &str) -> Option<String> {
     }
 }
 
-fn message_sid(body: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(body).ok()?;
-    let sid = value.get("sid")?.as_str()?.trim();
-    (!sid.is_empty()).then(|| sid.to_owned())
+/// The part of the created Message resource that proves Twilio took the message.
+#[derive(Deserialize)]
+struct MessageResource {
+    sid: Option<String>,
+}
+
+/// What a reply means: a receipt for a 2xx with a `sid`, an error for everything else.
+fn answer(reply: &Reply, redactor: &Redactor) -> Result<Receipt, DeliveryError> {
+    if !reply.status.is_success() {
+        return Err(classify(reply.status, &reply.headers, &reply.body, redactor));
+    }
+    let resource = reply.json().and_then(|v| MessageResource::deserialize(v).ok());
+    match resource.and_then(|r| r.sid).and_then(|sid| provider_id(&sid, redactor)) {
+        Some(sid) => Ok(Receipt { provider_message_id: Some(sid) }),
+        None => Err(reply.unproven("Twilio", "a Message resource with a sid", redactor)),
+    }
 }
 
 /// The `code`/`message` pair of Twilio's error object, when the reply is one.
@@ -151,23 +137,28 @@ impl TwilioError {
     }
 
     /// `Twilio error 21211 (HTTP 400): The 'To' number …`
-    fn describe(&self, status: StatusCode, token: &Secret) -> String {
+    fn describe(&self, status: StatusCode, redactor: &Redactor) -> String {
         let mut out = match self.code {
             Some(code) => format!("Twilio error {code} (HTTP {})", status.as_u16()),
             None => format!("Twilio answered HTTP {}", status.as_u16()),
         };
         if let Some(message) = &self.message {
             out.push_str(": ");
-            out.push_str(&redact(&snippet(message, MAX_REASON_CHARS), Some(token)));
+            out.push_str(&clean(message, redactor));
         }
         out
     }
 }
 
 /// Maps a non-2xx reply to a [`DeliveryError`]: Twilio's `code` first, the HTTP status second.
-fn classify(status: StatusCode, headers: &HeaderMap, body: &str, token: &Secret) -> DeliveryError {
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    redactor: &Redactor,
+) -> DeliveryError {
     let error = TwilioError::parse(body);
-    let detail = error.describe(status, token);
+    let detail = error.describe(status, redactor);
     let rate_limited =
         |reason: String| DeliveryError::RateLimited { reason, retry_after: retry_after(headers) };
 
@@ -212,9 +203,7 @@ fn classify(status: StatusCode, headers: &HeaderMap, body: &str, token: &Secret)
         401 => DeliveryError::channel_down(format!(
             "Twilio rejected the credentials (HTTP 401); {detail}"
         )),
-        429 => rate_limited(detail),
-        400..=499 => DeliveryError::permanent(detail),
-        _ => DeliveryError::Transient { reason: detail, retry_after: retry_after(headers) },
+        code => http::by_status(code, headers, detail),
     }
 }
 
@@ -228,30 +217,34 @@ mod tests {
     use wiremock::{Mock, MockServer, ResponseTemplate};
 
     use super::*;
-    use crate::channels::test_support::{client, closed_port, whatsapp_message, FormIs};
+    use crate::channels::test_support::{
+        basic, client, closed_port, endless_server, outcome, reply, reply_with, timeout_client,
+        whatsapp_message, Case, FormIs,
+    };
 
     const SID: &str = "AC0123456789abcdef0123456789abcdef";
     const TOKEN: &str = "twilio-auth-token-9f8e7d6c";
     const MESSAGES_PATH: &str =
         "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
 
+    fn config(api_base: &str, from: &str) -> TwilioConfig {
+        TwilioConfig {
+            account_sid: SID.to_owned(),
+            auth_token: Secret::new(TOKEN),
+            from: from.to_owned(),
+            api_base: api_base.to_owned(),
+        }
+    }
+
     fn channel(api_base: &str, from: &str) -> TwilioChannel {
-        TwilioChannel::new(
-            TwilioConfig {
-                account_sid: SID.to_owned(),
-                auth_token: Secret::new(TOKEN),
-                from: from.to_owned(),
-                api_base: api_base.to_owned(),
-            },
-            client(),
-        )
+        TwilioChannel::new(config(api_base, from), client())
     }
 
     fn message() -> OutboundMessage {
         whatsapp_message("Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar")
     }
 
-    async fn reply(template: ResponseTemplate) -> DeliveryError {
+    async fn reply_from_server(template: ResponseTemplate) -> DeliveryError {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
             .and(path(MESSAGES_PATH))
@@ -268,12 +261,7 @@ mod tests {
     }
 
     fn twilio_error(status: u16, code: i64, message: &str) -> ResponseTemplate {
-        ResponseTemplate::new(status).set_body_json(json!({
-            "code": code,
-            "message": message,
-            "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
-            "status": status,
-        }))
+        ResponseTemplate::new(status).set_body_string(error_body(status, code, message))
     }
 
     #[tokio::test]
@@ -353,20 +341,83 @@ mod tests {
         assert_eq!(receipt.provider_message_id.as_deref(), Some("SMslash"));
     }
 
+    #[test]
+    fn only_a_2xx_carrying_a_sid_is_success() {
+        let redactor = Redactor::new().basic_auth(SID, &Secret::new(TOKEN));
+        for (status, body, sid) in [
+            (201, r#"{"sid":"SM1","status":"queued"}"#, Some("SM1")),
+            (200, r#"{"sid":" SM2 "}"#, Some("SM2")),
+            (201, r#"{"sid":""}"#, None),
+            (201, r#"{"sid":17}"#, None),
+            (201, r#"{"status":"queued"}"#, None),
+            (200, "<html><body>Welcome to nginx!</body></html>", None),
+            (200, "", None),
+            (200, r#"{"code":20003,"message":"Authenticate","status":401}"#, None),
+            (204, "", None),
+        ] {
+            match (answer(&reply(status, body), &redactor), sid) {
+                (Ok(receipt), Some(sid)) => {
+                    assert_eq!(receipt.provider_message_id.as_deref(), Some(sid), "{body}");
+                }
+                (Err(DeliveryError::Transient { reason, .. }), None) => {
+                    assert!(
+                        reason.starts_with(&format!("Twilio answered HTTP {status}")),
+                        "{reason}"
+                    );
+                }
+                (other, _) => panic!("{status} {body}: {other:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn any_2xx_is_success_even_when_the_reply_has_no_sid() {
+    async fn a_2xx_that_is_a_page_an_empty_body_or_an_error_is_transient_and_quotes_the_reply() {
+        for (body, quoted) in [
+            ("<html><title>Login - Corporate Proxy</title></html>", "Corporate Proxy"),
+            ("", "empty body"),
+            (r#"{"code":20003,"message":"Authenticate"}"#, "Authenticate"),
+        ] {
+            let err = reply_from_server(ResponseTemplate::new(200).set_body_string(body)).await;
+            let DeliveryError::Transient { reason, .. } = err else { panic!("{body}: {err:?}") };
+            assert!(reason.contains(quoted), "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_is_cut_and_transient_within_seconds() {
+        let (base, _) = endless_server().await;
+        let started = std::time::Instant::now();
+        let err = channel(&base, "+14155238886").send(&message()).await.expect_err("no sid");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+        assert!(reason.starts_with("Twilio answered HTTP 200 without"), "{reason}");
+        assert!(reason.chars().count() < 500, "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_slower_than_the_client_timeout_is_transient() {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(200).set_body_string("not json"))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_body_json(json!({"sid": "SMlate"}))
+                    .set_delay(Duration::from_secs(5)),
+            )
             .mount(&server)
             .await;
+        let channel = TwilioChannel::new(config(&server.uri(), "+14155238886"), timeout_client());
+        let err = channel.send(&message()).await.expect_err("too slow");
+        assert_eq!(err.to_string(), "transient: request timed out");
+    }
 
-        let receipt = channel(&server.uri(), "+14155238886")
-            .send(&message())
-            .await
-            .expect("a 2xx means Twilio took the message");
-
-        assert_eq!(receipt.provider_message_id, None);
+    #[tokio::test]
+    async fn an_echoed_basic_authorization_header_is_redacted_from_the_reason() {
+        let header = format!("Basic {}", basic(&format!("{SID}:{TOKEN}")));
+        let err =
+            reply_from_server(twilio_error(400, 21999, &format!("bad header {header}"))).await;
+        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
+        assert!(reason.contains("bad header Basic [redacted]"), "{reason}");
+        assert!(!reason.contains(&basic(&format!("{SID}:{TOKEN}"))[..12]), "{reason}");
     }
 
     #[test]
@@ -397,139 +448,62 @@ mod tests {
         assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn code_20003_means_the_credentials_are_wrong_and_the_channel_is_down() {
-        let err = reply(twilio_error(401, 20003, "Authenticate")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.starts_with("Twilio rejected the credentials (20003)"), "{reason}");
-        assert!(reason.contains("Authenticate"), "{reason}");
+    fn error_body(status: u16, code: i64, message: &str) -> String {
+        json!({
+            "code": code,
+            "message": message,
+            "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+            "status": status,
+        })
+        .to_string()
     }
 
-    #[tokio::test]
-    async fn http_401_without_a_twilio_body_also_means_the_channel_is_down() {
-        let err = reply(ResponseTemplate::new(401).set_body_string("Unauthorized")).await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn code_20429_is_rate_limited_and_honours_retry_after() {
-        let err =
-            reply(twilio_error(429, 20429, "Too Many Requests").insert_header("Retry-After", "7"))
-                .await;
-        let DeliveryError::RateLimited { reason, retry_after } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, Some(Duration::from_secs(7)));
-        assert!(reason.contains("20429"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_429_without_a_code_is_rate_limited_and_honours_retry_after() {
-        let err = reply(ResponseTemplate::new(429).insert_header("Retry-After", "30")).await;
-        let DeliveryError::RateLimited { retry_after, .. } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, Some(Duration::from_secs(30)));
-    }
-
-    #[tokio::test]
-    async fn http_429_without_retry_after_leaves_the_wait_to_the_loop() {
-        let err = reply(twilio_error(429, 20429, "Too Many Requests")).await;
-        let DeliveryError::RateLimited { retry_after, .. } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, None);
-    }
-
-    #[tokio::test]
-    async fn code_21211_an_invalid_number_is_permanent_and_keeps_twilios_message() {
-        let err = reply(twilio_error(
-            400,
-            21211,
-            "The 'To' number whatsapp:+6281234567890 is not a valid phone number.",
-        ))
-        .await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("21211"), "{reason}");
-        assert!(reason.contains("is not a valid phone number"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn code_21408_a_disabled_region_takes_the_channel_down() {
-        let err =
-            reply(twilio_error(400, 21408, "Permission to send an SMS has not been enabled")).await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn code_21608_a_trial_account_takes_the_channel_down() {
-        let err = reply(twilio_error(400, 21608, "The number is unverified")).await;
-        assert!(matches!(err, DeliveryError::ChannelDown { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn code_21610_an_opted_out_recipient_is_permanent() {
-        let err =
-            reply(twilio_error(400, 21610, "Attempt to send to unsubscribed recipient")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("opted out"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn code_21611_a_full_sender_queue_is_rate_limited() {
-        let err = reply(twilio_error(
-            400,
-            21611,
-            "This 'From' number has exceeded the maximum number of queued messages",
-        ))
-        .await;
-        assert!(matches!(err, DeliveryError::RateLimited { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn code_63016_outside_the_whatsapp_window_is_permanent() {
-        let err = reply(twilio_error(400, 63016, "Failed to send freeform message")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("template"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn code_63018_the_whatsapp_rate_limit_is_rate_limited() {
-        let err = reply(twilio_error(400, 63018, "Rate limit exceeded")).await;
-        assert!(matches!(err, DeliveryError::RateLimited { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn the_code_wins_over_the_http_status() {
-        // A table code arriving with a 5xx still follows the table, not the status.
-        let err = reply(twilio_error(503, 21610, "unsubscribed")).await;
-        assert!(matches!(err, DeliveryError::Permanent { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn another_4xx_code_is_permanent_with_its_code_and_message() {
-        let err = reply(twilio_error(
-            400,
-            21617,
-            "The concatenated message body exceeds the 1600 character limit",
-        ))
-        .await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("21617"), "{reason}");
-        assert!(reason.contains("1600 character limit"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_4xx_without_a_twilio_body_is_permanent() {
-        let err = reply(ResponseTemplate::new(404).set_body_string("<html>nope</html>")).await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("404"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn a_5xx_is_transient() {
-        let err = reply(twilio_error(500, 20500, "Internal Server Error")).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_5xx_without_a_body_is_transient() {
-        let err = reply(ResponseTemplate::new(502)).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
+    #[test]
+    fn error_replies_are_classified_by_twilios_code_first_and_the_http_status_second() {
+        let redactor = Redactor::new().basic_auth(SID, &Secret::new(TOKEN));
+        let none: &[(&str, &str)] = &[];
+        let retry = |secs: &'static str| -> Vec<(&'static str, &'static str)> {
+            vec![("Retry-After", secs)]
+        };
+        let (r7, r30, r5) = (retry("7"), retry("30"), retry("5"));
+        let cases: Vec<Case> = vec![
+            (401, error_body(401, 20003, "Authenticate"), none, "channel_down",
+             "Twilio rejected the credentials (20003); Twilio error 20003 (HTTP 401): Authenticate", None),
+            (401, "Unauthorized".into(), none, "channel_down", "credentials (HTTP 401)", None),
+            (429, error_body(429, 20429, "Too Many Requests"), &r7, "rate_limited", "20429", Some(7)),
+            (429, String::new(), &r30, "rate_limited", "HTTP 429", Some(30)),
+            (429, error_body(429, 20429, "Too Many Requests"), none, "rate_limited", "20429", None),
+            (400, error_body(400, 21211, "The 'To' number is not a valid phone number."), none,
+             "permanent", "Twilio error 21211 (HTTP 400): The 'To' number is not a valid", None),
+            (400, error_body(400, 21408, "Permission to send has not been enabled"), none,
+             "channel_down", "geo permissions", None),
+            (400, error_body(400, 21608, "The number is unverified"), none, "channel_down",
+             "trial account", None),
+            (400, error_body(400, 21610, "Attempt to send to unsubscribed recipient"), none,
+             "permanent", "opted out (STOP)", None),
+            (400, error_body(400, 21611, "This 'From' number has exceeded the queue"), none,
+             "rate_limited", "queue is full", None),
+            (400, error_body(400, 63016, "Failed to send freeform message"), none, "permanent",
+             "approved template", None),
+            (400, error_body(400, 63018, "Rate limit exceeded"), none, "rate_limited",
+             "WhatsApp rate limit", None),
+            // A table code arriving with a 5xx still follows the table, not the status.
+            (503, error_body(503, 21610, "unsubscribed"), none, "permanent", "opted out", None),
+            (400, error_body(400, 21617, "The body exceeds the 1600 character limit"), none,
+             "permanent", "Twilio error 21617 (HTTP 400): The body exceeds", None),
+            (400, r#"{"code":"21211","message":"as a string"}"#.into(), none, "permanent",
+             "the recipient number is invalid", None),
+            (404, "<html>nope</html>".into(), none, "permanent", "Twilio answered HTTP 404", None),
+            (500, error_body(500, 20500, "Internal Server Error"), none, "transient", "20500", None),
+            (502, String::new(), none, "transient", "Twilio answered HTTP 502", None),
+            (503, String::new(), &r5, "transient", "HTTP 503", Some(5)),
+        ];
+        for (status, body, headers, class, contains, retry_after) in cases {
+            let result = answer(&reply_with(status, &body, headers), &redactor);
+            let (got, reason, wait) = outcome(&result);
+            assert_eq!((got, wait), (class, retry_after), "{status} {body}: {reason}");
+            assert!(reason.contains(contains), "{status} {body}: {reason}");
+        }
     }
 
     #[tokio::test]

@@ -2,21 +2,25 @@
 //! `sendFile` POST per message, optionally preceded by a `check-exists` lookup, with WAHA's
 //! answers classified into the delivery loop's error classes (`providers.md` §3).
 //!
-//! WAHA's success body is the engine's own message object (WEBJS, NOWEB and GOWS differ), so the
-//! id is read best-effort and a 2xx without one is still a success. The API key travels only in
-//! the `X-Api-Key` header, never in a URL, and is scrubbed from every provider text that becomes
-//! a reason.
+//! WAHA's success body is the engine's own message object (WEBJS, NOWEB and GOWS differ), so
+//! success is any 2xx JSON object that is not one of WAHA's (`NestJS`) error shapes, and the id
+//! is read best-effort from it. A 2xx that is no JSON object (a proxy's page, an empty body, a
+//! wrong `WAHA_BASE_URL`) or that is an error object is transient: nothing proves the message
+//! was taken. The API key travels only in the `X-Api-Key` header, never in a URL, and is
+//! scrubbed from every provider text that becomes a reason.
 
 use async_trait::async_trait;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT};
+use reqwest::header::{HeaderMap, ACCEPT};
 use reqwest::{RequestBuilder, StatusCode, Url};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::channels::{
-    clean, phone_digits, retry_after, snippet, transport_error, Channel, DeliveryError,
-    OutboundMessage, Receipt,
+use crate::channels::http::{
+    self, provider_id, retry_after, secret_header, transport_error, Reply,
 };
-use crate::config::Secret;
+use crate::channels::{
+    clean, phone_digits, snippet, Channel, DeliveryError, OutboundMessage, Receipt,
+};
+use crate::secret::{Redactor, Secret};
 
 /// A session status is one short word; anything longer is not WAHA talking.
 const MAX_STATUS_CHARS: usize = 40;
@@ -39,19 +43,17 @@ pub struct WahaConfig {
 pub struct WahaChannel {
     config: WahaConfig,
     client: reqwest::Client,
-}
-
-/// A reply whose body may not have been readable; the status decides what that means.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Result<String, reqwest::Error>,
+    redactor: Redactor,
 }
 
 impl WahaChannel {
     /// Builds the adapter; the client is shared so connection pools and timeouts are set once.
     pub fn new(config: WahaConfig, client: reqwest::Client) -> Self {
-        Self { config, client }
+        let redactor = match &config.api_key {
+            Some(key) => Redactor::new().secret(key),
+            None => Redactor::new(),
+        };
+        Self { config, client, redactor }
     }
 
     /// The session name to send with; an empty setting means WAHA's only Core session.
@@ -63,50 +65,27 @@ impl WahaChannel {
     }
 
     fn endpoint(&self, segments: &[&str]) -> Result<Url, DeliveryError> {
-        // Pushing segments (rather than formatting a string) copes with a trailing slash or a
-        // path prefix in `base_url`.
-        let bad_base = || DeliveryError::channel_down("the WAHA base URL is not a valid URL");
-        let mut url = Url::parse(self.config.base_url.trim()).map_err(|_| bad_base())?;
-        url.path_segments_mut().map_err(|()| bad_base())?.pop_if_empty().extend(segments);
-        Ok(url)
+        http::endpoint(&self.config.base_url, segments, "the WAHA base URL")
     }
 
     /// Adds `X-Api-Key` when a key is configured, marked sensitive so no `Debug` shows it.
     fn authorized(&self, request: RequestBuilder) -> Result<RequestBuilder, DeliveryError> {
         let request = request.header(ACCEPT, "application/json");
-        let Some(key) = &self.config.api_key else { return Ok(request) };
-        let key = key.expose().trim();
-        if key.is_empty() {
-            return Ok(request);
+        match &self.config.api_key {
+            Some(key) if !key.expose().trim().is_empty() => {
+                Ok(request.header("X-Api-Key", secret_header(key, "WAHA API key")?))
+            }
+            _ => Ok(request),
         }
-        let mut value = HeaderValue::from_str(key).map_err(|_| {
-            DeliveryError::channel_down(
-                "the WAHA API key contains characters that cannot go in an HTTP header",
-            )
-        })?;
-        value.set_sensitive(true);
-        Ok(request.header("X-Api-Key", value))
     }
 
     async fn exchange(&self, request: RequestBuilder) -> Result<Reply, DeliveryError> {
         let response = request.send().await.map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.text().await;
-        Ok(Reply { status, headers, body })
+        Reply::read(response).await
     }
 
-    fn classify(&self, reply: Reply) -> DeliveryError {
-        match reply.body {
-            Ok(body) => classify(
-                reply.status,
-                &reply.headers,
-                &body,
-                self.config.api_key.as_ref(),
-                self.session(),
-            ),
-            Err(e) => transport_error(&e),
-        }
+    fn classify(&self, reply: &Reply) -> DeliveryError {
+        classify(reply.status, &reply.headers, &reply.body, &self.redactor, self.session())
     }
 
     /// Fails with `Permanent` when WAHA says the number is not on WhatsApp; a failing check is
@@ -116,9 +95,9 @@ impl WahaChannel {
         url.query_pairs_mut().append_pair("phone", phone).append_pair("session", self.session());
         let reply = self.exchange(self.authorized(self.client.get(url))?).await?;
         if !reply.status.is_success() {
-            return Err(self.classify(reply));
+            return Err(self.classify(&reply));
         }
-        let exists = reply.body.ok().as_deref().and_then(number_exists);
+        let exists = reply.json().and_then(|v| v.get("numberExists")?.as_bool());
         match exists {
             Some(true) => Ok(()),
             Some(false) => Err(DeliveryError::permanent(format!(
@@ -126,7 +105,8 @@ impl WahaChannel {
             ))),
             None => {
                 // The check only guards against WAHA's silent 201 for unknown numbers; an
-                // unreadable answer must not stop a message the send itself may deliver.
+                // unreadable answer must not stop a message the send itself may deliver (and
+                // the send's own answer is checked).
                 tracing::warn!(
                     outbox_id,
                     http_status = reply.status.as_u16(),
@@ -174,20 +154,20 @@ impl Channel for WahaChannel {
         }
 
         let reply = self.exchange(self.authorized(self.client.post(url))?.json(&payload)).await?;
-        if reply.status.is_success() {
-            let id = reply.body.ok().as_deref().and_then(message_id);
-            if id.is_none() {
-                // Engines differ and some return no id at all; the message was still accepted,
-                // and failing here would make the loop send it twice.
-                tracing::debug!(
-                    outbox_id = message.id,
-                    http_status = reply.status.as_u16(),
-                    "WAHA accepted the message but its reply carried no readable id"
-                );
-            }
-            return Ok(Receipt { provider_message_id: id });
+        if !reply.status.is_success() {
+            return Err(self.classify(&reply));
         }
-        Err(self.classify(reply))
+        let receipt = accepted(&reply, &self.redactor)?;
+        if receipt.provider_message_id.is_none() {
+            // Engines differ and some return no id at all; the message object still proves
+            // WAHA took it.
+            tracing::debug!(
+                outbox_id = message.id,
+                http_status = reply.status.as_u16(),
+                "WAHA accepted the message but its reply carried no readable id"
+            );
+        }
+        Ok(receipt)
     }
 }
 
@@ -198,14 +178,32 @@ fn chat_digits(raw: &str) -> Option<String> {
     phone_digits(trimmed.strip_suffix("@c.us").unwrap_or(trimmed))
 }
 
-fn number_exists(body: &str) -> Option<bool> {
-    serde_json::from_str::<Value>(body).ok()?.get("numberExists")?.as_bool()
+/// A 2xx to a send: a receipt when the body is a message object, transient otherwise.
+fn accepted(reply: &Reply, redactor: &Redactor) -> Result<Receipt, DeliveryError> {
+    match reply.json() {
+        Some(Value::Object(object)) if !is_error_shape(&object) => Ok(Receipt {
+            provider_message_id: message_id(&Value::Object(object))
+                .and_then(|id| provider_id(&id, redactor)),
+        }),
+        _ => Err(reply.unproven("WAHA", "a message object", redactor)),
+    }
+}
+
+/// WAHA's error bodies (`NestJS`): `{"statusCode": 4xx/5xx, "message", "error"}` for string
+/// errors, `{"error": …}` for object errors, `{"exception": …}` for engine failures. No engine's
+/// message object carries any of these.
+fn is_error_shape(object: &Map<String, Value>) -> bool {
+    let present = |name: &str| object.get(name).is_some_and(|v| !v.is_null());
+    let error_status = object.get("statusCode").is_some_and(|code| {
+        let code = code.as_u64().or_else(|| code.as_str().and_then(|s| s.trim().parse().ok()));
+        code.is_some_and(|c| c >= 400)
+    });
+    present("error") || present("exception") || error_status
 }
 
 /// The message id from whichever engine answered: WEBJS `id._serialized`, a plain string `id`,
 /// NOWEB (Baileys) `key.id`, or WEBJS's raw `_data.id._serialized`.
-fn message_id(body: &str) -> Option<String> {
-    let value: Value = serde_json::from_str(body).ok()?;
+fn message_id(value: &Value) -> Option<String> {
     ["/id/_serialized", "/id", "/key/id", "/_data/id/_serialized"]
         .into_iter()
         .filter_map(|pointer| value.pointer(pointer)?.as_str())
@@ -232,14 +230,14 @@ fn waha_message(value: &Value) -> Option<String> {
 }
 
 /// `WAHA answered HTTP 500: server returned error 463`
-fn describe(status: StatusCode, value: Option<&Value>, body: &str, key: Option<&Secret>) -> String {
+fn describe(status: StatusCode, value: Option<&Value>, body: &str, redactor: &Redactor) -> String {
     let mut out = format!("WAHA answered HTTP {}", status.as_u16());
     // A non-JSON body is usually a proxy's page; a snippet still tells the operator whose.
     let said = match value {
         Some(v) => waha_message(v),
         None => Some(body.to_owned()),
     };
-    if let Some(said) = said.map(|s| clean(&s, key)).filter(|s| !s.is_empty()) {
+    if let Some(said) = said.map(|s| clean(&s, redactor)).filter(|s| !s.is_empty()) {
         out.push_str(": ");
         out.push_str(&said);
     }
@@ -251,11 +249,11 @@ fn classify(
     status: StatusCode,
     headers: &HeaderMap,
     body: &str,
-    key: Option<&Secret>,
+    redactor: &Redactor,
     session: &str,
 ) -> DeliveryError {
     let value = serde_json::from_str::<Value>(body).ok();
-    let detail = describe(status, value.as_ref(), body, key);
+    let detail = describe(status, value.as_ref(), body, redactor);
 
     match status.as_u16() {
         401 | 403 => DeliveryError::channel_down(format!(
@@ -265,13 +263,11 @@ fn classify(
         404 => DeliveryError::channel_down(format!(
             "WAHA session '{session}' was not found or is not started; {detail}"
         )),
-        422 => session_not_working(value.as_ref(), headers, session, &detail, key),
-        // WAHA enforces no rate limit itself, but a proxy in front of it may.
-        429 => DeliveryError::RateLimited { reason: detail, retry_after: retry_after(headers) },
-        400..=499 => DeliveryError::permanent(detail),
-        // 5xx: the engine or WhatsApp failed (`server returned error 463`, `no LID found`); the
+        422 => session_not_working(value.as_ref(), headers, session, &detail, redactor),
+        // WAHA enforces no rate limit itself, but a proxy in front of it may (429). A 5xx is
+        // the engine or WhatsApp failing (`server returned error 463`, `no LID found`); the
         // loop's attempt cap turns a persistent one into a failure.
-        _ => DeliveryError::Transient { reason: detail, retry_after: retry_after(headers) },
+        code => http::by_status(code, headers, detail),
     }
 }
 
@@ -283,12 +279,12 @@ fn session_not_working(
     headers: &HeaderMap,
     session: &str,
     detail: &str,
-    key: Option<&Secret>,
+    redactor: &Redactor,
 ) -> DeliveryError {
     let state = value
         .and_then(|v| v.get("status"))
         .and_then(Value::as_str)
-        .map(|s| snippet(&clean(s, key), MAX_STATUS_CHARS))
+        .map(|s| snippet(&clean(s, redactor), MAX_STATUS_CHARS))
         .filter(|s| !s.is_empty());
     match state {
         Some(state) if state.eq_ignore_ascii_case("STARTING") => DeliveryError::Transient {
@@ -322,7 +318,10 @@ mod tests {
     use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
     use super::*;
-    use crate::channels::test_support::{client, closed_port, whatsapp_message};
+    use crate::channels::test_support::{
+        client, closed_port, endless_server, outcome, reply_with, timeout_client, whatsapp_message,
+        Case,
+    };
 
     const KEY: &str = "waha-api-key-5c4b3a29";
     const BODY: &str = "Tagihan Rp 150.000 jatuh tempo 5 Mei & mohon dibayar";
@@ -389,11 +388,7 @@ mod tests {
             .expect(1)
             .mount(&server)
             .await;
-        Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(201))
-            .expect(0)
-            .mount(&server)
-            .await;
+        Mock::given(method("POST")).respond_with(sent()).expect(0).mount(&server).await;
         let err =
             checking_channel(&server.uri()).send(&message()).await.expect_err("the check failed");
         assert_nothing_leaked(&err);
@@ -407,6 +402,10 @@ mod tests {
             "status": state,
             "expected": ["WORKING"],
         }))
+    }
+
+    fn sent() -> ResponseTemplate {
+        ResponseTemplate::new(201).set_body_json(json!({ "id": "sent" }))
     }
 
     fn engine_error(message: &str) -> ResponseTemplate {
@@ -479,7 +478,7 @@ mod tests {
         Mock::given(method("POST"))
             .and(path(SEND_TEXT))
             .and(HeaderAbsent("x-api-key"))
-            .respond_with(ResponseTemplate::new(201))
+            .respond_with(sent())
             .expect(1)
             .mount(&server)
             .await;
@@ -516,22 +515,90 @@ mod tests {
         assert_eq!(receipt.provider_message_id.as_deref(), Some("plain-id"));
     }
 
+    #[test]
+    fn a_2xx_is_success_only_when_it_is_a_message_object_and_no_error_shape() {
+        let redactor = Redactor::new().secret(&Secret::new(KEY));
+        for (status, body, outcome) in [
+            (
+                201,
+                r#"{"id":{"fromMe":true,"_serialized":"true_628@c.us_3EB0"}}"#,
+                Ok(Some("true_628@c.us_3EB0")),
+            ),
+            (201, r#"{"key":{"id":"BAE5F00D","fromMe":true},"status":1}"#, Ok(Some("BAE5F00D"))),
+            (200, r#"{"id":"gows-1","timestamp":1700000000}"#, Ok(Some("gows-1"))),
+            // An engine that answers with an object but no id we know still took the message.
+            (201, r#"{"ack":1,"body":"Tagihan"}"#, Ok(None)),
+            (201, r#"{"statusCode":201,"id":"x"}"#, Ok(Some("x"))),
+            (
+                201,
+                "<html><body>Welcome to nginx!</body></html>",
+                Err("without a message object: <html>"),
+            ),
+            (201, "", Err("with an empty body")),
+            (201, "not json", Err("not json")),
+            (201, "[1,2]", Err("[1,2]")),
+            (201, "\"queued\"", Err("queued")),
+            (200, r#"{"error":"Session status is not as expected"}"#, Err("Session status")),
+            (200, r#"{"statusCode":500,"message":"no LID found"}"#, Err("no LID found")),
+            (200, r#"{"statusCode":"404","message":"Not Found"}"#, Err("Not Found")),
+            (200, r#"{"exception":{"message":"boom"}}"#, Err("boom")),
+        ] {
+            match (accepted(&reply_with(status, body, &[]), &redactor), outcome) {
+                (Ok(receipt), Ok(id)) => {
+                    assert_eq!(receipt.provider_message_id.as_deref(), id, "{body}");
+                }
+                (Err(DeliveryError::Transient { reason, .. }), Err(quoted)) => {
+                    assert!(
+                        reason.starts_with(&format!("WAHA answered HTTP {status}")),
+                        "{reason}"
+                    );
+                    assert!(reason.contains(quoted), "{reason}");
+                }
+                (got, _) => panic!("{status} {body}: {got:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
-    async fn a_2xx_without_a_readable_id_is_still_success() {
+    async fn a_2xx_that_is_a_page_an_empty_body_or_an_error_is_transient_and_quotes_the_reply() {
+        for (body, quoted) in [
+            ("<html><title>Login - Corporate Proxy</title></html>", "Corporate Proxy"),
+            ("", "empty body"),
+            (r#"{"statusCode":500,"message":"engine crashed"}"#, "engine crashed"),
+        ] {
+            let err = reply(ResponseTemplate::new(201).set_body_string(body)).await;
+            let DeliveryError::Transient { reason, .. } = err else { panic!("{body}: {err:?}") };
+            assert!(reason.contains(quoted), "{reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_is_cut_and_transient_within_seconds() {
+        let (base, _) = endless_server().await;
+        let started = std::time::Instant::now();
+        let err = channel(&base).send(&message()).await.expect_err("no message object");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+        assert!(reason.starts_with("WAHA answered HTTP 200 without"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_reply_slower_than_the_client_timeout_is_transient() {
         let server = MockServer::start().await;
         Mock::given(method("POST"))
-            .respond_with(ResponseTemplate::new(201).set_body_string("not json"))
+            .respond_with(sent().set_delay(Duration::from_secs(5)))
             .mount(&server)
             .await;
-
-        let receipt = channel(&server.uri()).send(&message()).await.expect("a 2xx means accepted");
-
-        assert_eq!(receipt.provider_message_id, None);
+        let err = WahaChannel::new(config(&server.uri()), timeout_client())
+            .send(&message())
+            .await
+            .expect_err("too slow");
+        assert_eq!(err.to_string(), "transient: request timed out");
     }
 
     #[test]
     fn the_id_is_read_from_every_known_engine_shape_and_never_invented() {
-        let id = |v: Value| message_id(&v.to_string());
+        let id = |v: Value| message_id(&v);
         assert_eq!(id(json!({"id": {"_serialized": "webjs"}})).as_deref(), Some("webjs"));
         assert_eq!(id(json!({"id": "gows"})).as_deref(), Some("gows"));
         assert_eq!(id(json!({"key": {"id": "noweb"}})).as_deref(), Some("noweb"));
@@ -542,7 +609,7 @@ mod tests {
         );
         assert_eq!(id(json!({"id": 17})), None);
         assert_eq!(id(json!([1, 2])), None);
-        assert_eq!(message_id(""), None);
+        assert_eq!(id(json!({})), None);
     }
 
     #[test]
@@ -615,7 +682,7 @@ mod tests {
             .await;
         Mock::given(method("POST"))
             .and(path(SEND_TEXT))
-            .respond_with(ResponseTemplate::new(201))
+            .respond_with(sent())
             .expect(1)
             .mount(&server)
             .await;
@@ -633,7 +700,7 @@ mod tests {
             .await;
         Mock::given(method("POST"))
             .and(path(SEND_TEXT))
-            .respond_with(ResponseTemplate::new(201))
+            .respond_with(sent())
             .expect(1)
             .mount(&server)
             .await;
@@ -671,111 +738,64 @@ mod tests {
         assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
     }
 
-    #[tokio::test]
-    async fn http_401_a_missing_or_wrong_api_key_takes_the_channel_down() {
-        let err = reply(ResponseTemplate::new(401).set_body_json(json!({
-            "message": "Unauthorized", "statusCode": 401,
-        })))
-        .await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("API key"), "{reason}");
+    fn waiting(state: &str) -> String {
+        json!({
+            "error": "Session status is not as expected. Try again later or restart the session",
+            "session": "default",
+            "status": state,
+            "expected": ["WORKING"],
+        })
+        .to_string()
     }
 
-    #[tokio::test]
-    async fn http_404_session_not_found_takes_the_channel_down_and_names_the_session() {
-        let err = reply(ResponseTemplate::new(404).set_body_json(json!({
-            "statusCode": 404, "message": "Session not found", "error": "Not Found",
-        })))
-        .await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("'default'") && reason.contains("Session not found"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_422_starting_is_transient() {
-        let err = reply(not_working("STARTING")).await;
-        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
-        assert!(reason.contains("STARTING"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_422_scan_qr_code_takes_the_channel_down_and_asks_for_a_re_pair() {
-        let err = reply(not_working("SCAN_QR_CODE")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("SCAN_QR_CODE") && reason.contains("re-pair"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_422_failed_takes_the_channel_down_and_asks_for_a_restart() {
-        let err = reply(not_working("FAILED")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("FAILED") && reason.contains("restart"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_422_stopped_takes_the_channel_down_and_asks_for_a_restart() {
-        let err = reply(not_working("STOPPED")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("STOPPED") && reason.contains("restart"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_422_with_an_unknown_status_takes_the_channel_down() {
-        let err = reply(not_working("HIBERNATING")).await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("HIBERNATING"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_422_from_waha_core_refusing_a_non_default_session_takes_the_channel_down() {
-        let err = reply(ResponseTemplate::new(422).set_body_json(json!({
-            "statusCode": 422,
-            "message": "WAHA Core support only 'default' session.",
-            "error": "Unprocessable Entity",
-        })))
-        .await;
-        let DeliveryError::ChannelDown { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("only 'default'"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn http_500_an_engine_error_is_transient_and_keeps_the_exception_message() {
-        let err = reply(engine_error("server returned error 463")).await;
-        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
-        assert!(reason.contains("HTTP 500: server returned error 463"), "{reason}");
-        assert!(!reason.contains("x.js"), "the stack trace is not a reason: {reason}");
-    }
-
-    #[tokio::test]
-    async fn a_5xx_without_a_body_is_transient() {
-        let err = reply(ResponseTemplate::new(502)).await;
-        assert!(matches!(err, DeliveryError::Transient { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn http_429_from_a_proxy_is_rate_limited_and_honours_retry_after() {
-        let err = reply(ResponseTemplate::new(429).insert_header("Retry-After", "9")).await;
-        let DeliveryError::RateLimited { retry_after, .. } = err else { panic!("{err:?}") };
-        assert_eq!(retry_after, Some(Duration::from_secs(9)));
-    }
-
-    #[tokio::test]
-    async fn another_4xx_is_permanent_with_wahas_message() {
-        let err = reply(ResponseTemplate::new(400).set_body_json(json!({
-            "statusCode": 400,
-            "message": ["chatId must be a string", "text should not be empty"],
-            "error": "Bad Request",
-        })))
-        .await;
-        let DeliveryError::Permanent { reason } = err else { panic!("{err:?}") };
-        assert!(reason.contains("chatId must be a string; text should not be empty"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn an_api_key_echoed_by_the_server_is_scrubbed_from_the_reason() {
-        let err = reply(engine_error(&format!("bad header X-Api-Key: {KEY}"))).await;
-        let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
-        assert!(reason.contains("[redacted]"), "{reason}");
+    #[test]
+    fn error_replies_are_classified_by_status_session_state_and_wahas_message() {
+        let redactor = Redactor::new().secret(&Secret::new(KEY));
+        let none: &[(&str, &str)] = &[];
+        let r9: &[(&str, &str)] = &[("Retry-After", "9")];
+        let engine = |m: &str| {
+            json!({
+                "statusCode": 500,
+                "timestamp": "2026-05-01T08:00:00.000Z",
+                "exception": { "message": m, "name": "Error", "stack": "Error: at x.js:1" },
+            })
+            .to_string()
+        };
+        let cases: Vec<Case> = vec![
+            (401, r#"{"message":"Unauthorized","statusCode":401}"#.into(), none, "channel_down",
+             "WAHA rejected the API key", None),
+            (403, String::new(), none, "channel_down", "(WAHA_API_KEY); WAHA answered HTTP 403",
+             None),
+            (404, r#"{"statusCode":404,"message":"Session not found","error":"Not Found"}"#.into(),
+             none, "channel_down",
+             "session 'default' was not found or is not started; WAHA answered HTTP 404: Session not found",
+             None),
+            (422, waiting("STARTING"), none, "transient", "is STARTING; retry shortly", None),
+            (422, waiting("SCAN_QR_CODE"), none, "channel_down", "is SCAN_QR_CODE: the operator must re-pair", None),
+            (422, waiting("FAILED"), none, "channel_down", "is FAILED, not WORKING: the operator must restart", None),
+            (422, waiting("STOPPED"), none, "channel_down", "is STOPPED, not WORKING", None),
+            (422, waiting("HIBERNATING"), none, "channel_down", "is HIBERNATING", None),
+            (422, r#"{"statusCode":422,"message":"WAHA Core support only 'default' session."}"#.into(),
+             none, "channel_down", "WAHA Core only allows 'default'", None),
+            (500, engine("server returned error 463"), none, "transient",
+             "WAHA answered HTTP 500: server returned error 463", None),
+            (502, String::new(), none, "transient", "WAHA answered HTTP 502", None),
+            (429, String::new(), r9, "rate_limited", "HTTP 429", Some(9)),
+            (400, r#"{"statusCode":400,"message":["chatId must be a string","text should not be empty"]}"#.into(),
+             none, "permanent", "chatId must be a string; text should not be empty", None),
+            (500, engine(&format!("bad header X-Api-Key: {KEY}")), none, "transient",
+             "bad header X-Api-Key: [redacted]", None),
+            (502, format!("<html>proxy: x-api-key={KEY}</html>"), none, "transient",
+             "<html>proxy: x-api-key=[redacted]</html>", None),
+        ];
+        for (status, body, headers, class, contains, retry_after) in cases {
+            let r = reply_with(status, &body, headers);
+            let result = Err(classify(r.status, &r.headers, &r.body, &redactor, "default"));
+            let (got, reason, wait) = outcome(&result);
+            assert_eq!((got, wait), (class, retry_after), "{status} {body}: {reason}");
+            assert!(reason.contains(contains), "{status} {body}: {reason}");
+            assert!(!reason.contains(KEY) && !reason.contains("x.js"), "{reason}");
+        }
     }
 
     #[tokio::test]
