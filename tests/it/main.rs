@@ -7,6 +7,7 @@ mod cli;
 mod delivery;
 mod fallback;
 mod manual;
+mod operator;
 mod pass;
 mod providers;
 mod smtp;
