@@ -3,6 +3,7 @@
 //! A pass is a straight line: [`cli`] → [`config`] → [`store`] → [`generate`] → [`deliver`] →
 //! [`report`]. [`domain`] holds the pure rules (stage dates, recurrence, phone numbers,
 //! formatting), [`channels`] the provider adapters, [`clock`] the one source of "now".
+//! [`dotenv`] reads `.env` files.
 
 pub mod channels;
 pub mod cli;
@@ -11,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod deliver;
 pub mod domain;
+pub mod dotenv;
 pub mod generate;
 pub mod report;
 pub mod seed;

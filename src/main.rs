@@ -1,24 +1,35 @@
-//! Thin: load `.env`, parse the command line, set up logging, run the command, map the result
-//! to an exit code (0 done, 1 could not run, 2 usage, 3 `--strict` with failures).
+//! Thin: parse the command line, read the environment and `.env`, set up logging, run the
+//! command, map the result to an exit code (0 done, 1 could not run, 2 usage, 3 `--strict` with
+//! failures).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use reminderctl::cli::Cli;
+use reminderctl::config::Environment;
 
 fn main() -> ExitCode {
-    // A missing .env is normal; the environment wins over the file.
-    let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    init_tracing();
-    let env = std::env::vars().collect();
+    // The process environment wins over `.env`; a `.env` line that cannot be read stops every
+    // command, because whatever it meant to set would otherwise be silently missing.
+    let dotenv = std::env::current_dir().map_or_else(|_| PathBuf::from(".env"), |d| d.join(".env"));
+    let env = match Environment::load(std::env::vars_os(), &dotenv) {
+        Ok(env) => env,
+        Err(e) => return fail(&e.into()),
+    };
+    init_tracing(&env.vars);
+    for warning in &env.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the runtime")),
     };
-    match runtime.block_on(reminderctl::commands::dispatch(cli.command, env)) {
+    match runtime.block_on(reminderctl::commands::dispatch(cli.command, env.vars)) {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
@@ -33,8 +44,8 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 
 /// Logs go to stderr. `LOG_LEVEL` applies to reminderctl's own events; other crates log only
 /// warnings, because HTTP client internals print request URLs, and Telegram's carries the token.
-fn init_tracing() {
-    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
+fn init_tracing(env: &HashMap<String, String>) {
+    let level = env.get("LOG_LEVEL").map_or("info", String::as_str);
     let level = match level.to_ascii_lowercase().as_str() {
         l @ ("trace" | "debug" | "info" | "warn" | "error" | "off") => l.to_string(),
         _ => "info".to_string(),
@@ -43,7 +54,7 @@ fn init_tracing() {
         "warn,reminderctl={level},reqwest=error,hyper=error,hyper_util=error,sqlx=warn"
     ));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+    if env.get("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().init();
     } else {
         builder.init();

@@ -18,10 +18,126 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Runs the binary with its database and everything else given only by `.env`.
+async fn run_with_dotenv(db: &TestDb, dotenv: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    std::fs::write(db.dir.path().join(".env"), dotenv).expect("write .env");
+    let mut cmd = db.command(args, env);
+    if !env.iter().any(|(k, _)| *k == "DATABASE_URL") {
+        cmd.env_remove("DATABASE_URL");
+    }
+    cmd.output().await.expect("run reminderctl")
+}
+
 /// One due T-3 WhatsApp reminder.
 async fn one_due_reminder(db: &TestDb) {
     contact(db, "Budi", "081234567890", "whatsapp").await;
     invoice(db, 1, "INV-1", "2025-11-20").await;
+}
+
+/// The `body` that the log channel logged, from JSON log lines.
+fn logged_bodies(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "reminderctl::log_channel")
+        .map(|v| v["fields"]["body"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+both!(dotenv_conventions_reach_the_settings, dotenv_conventions_body);
+async fn dotenv_conventions_body(db: &TestDb) {
+    one_due_reminder(db).await;
+    let dotenv = format!(
+        "# reminderctl\n\
+         export WHATSAPP_PROVIDER=log   # no accounts needed\n\
+         \n\
+         REMINDER_SENDER_NAME=Tim Wikarta Provider\n\
+         DATABASE_URL={} # the test database\n\
+         REMINDER_TIMEZONE=\"Asia/Jakarta\" # quoted, with a comment\n\
+         REMINDER_DUNNING_BEFORE = '7,3,1'\n\
+         LOG_FORMAT=json\n",
+        db.url
+    );
+    let out = run_with_dotenv(db, &dotenv, &["run", "--now", NOW], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    // Every line after the value with spaces was read: the database, the provider, the format.
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sent'").await, 1);
+    assert!(!db.dir.path().join("reminderctl.db").exists(), "the default database was used");
+    let bodies = logged_bodies(&stderr(&out));
+    assert_eq!(bodies.len(), 1, "{}", stderr(&out));
+    assert!(bodies[0].ends_with("Salam,\nTim Wikarta Provider"), "{}", bodies[0]);
+}
+
+both!(the_environment_wins_over_dotenv, environment_wins_body);
+async fn environment_wins_body(db: &TestDb) {
+    one_due_reminder(db).await;
+    let dotenv = format!(
+        "DATABASE_URL={}\nWHATSAPP_PROVIDER=log\nREMINDER_SENDER_NAME=From Dotenv\n\
+         LOG_FORMAT=json\n",
+        db.url
+    );
+    let env = [("REMINDER_SENDER_NAME", "From Environment")];
+    let out = run_with_dotenv(db, &dotenv, &["run", "--now", NOW], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let bodies = logged_bodies(&stderr(&out));
+    assert_eq!(bodies.len(), 1, "{}", stderr(&out));
+    assert!(bodies[0].ends_with("Salam,\nFrom Environment"), "{}", bodies[0]);
+}
+
+#[tokio::test]
+async fn a_bad_dotenv_line_stops_every_command_naming_file_line_and_variable() {
+    let db = TestDb::sqlite().await;
+    let path = db.dir.path().join(".env");
+    let cases = [
+        (
+            "WHATSAPP_PROVIDER=log\n# names\nREMINDER_SENDER_NAME=\"Tim Wikarta Provider\nA=1\n",
+            "line 3: REMINDER_SENDER_NAME: the double quote (\") that opens the value is never \
+             closed",
+        ),
+        ("WHATSAPP_PROVIDER=log\nTim Wikarta Provider\n", "line 2: expected KEY=value"),
+        (
+            "REMINDER_TIMEZONE='Asia/Jakarta' WIB\n",
+            "line 1: REMINDER_TIMEZONE: unexpected text after the closing quote",
+        ),
+    ];
+    for (dotenv, problem) in cases {
+        for args in [&["run", "--now", NOW][..], &["generate"], &["send"], &["status"], &["seed"]] {
+            let out = run_with_dotenv(&db, dotenv, args, &[("DATABASE_URL", &db.url)]).await;
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+            assert_eq!(stderr(&out), format!("error: {} {problem}\n", path.display()), "{args:?}");
+            assert_eq!(stdout(&out), "", "{args:?}");
+        }
+    }
+    assert_eq!(db.int("SELECT count(*) FROM contacts").await, 0, "seed ran anyway");
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unknown_reminder_setting_is_a_warning_naming_the_closest() {
+    let db = TestDb::sqlite().await;
+    let out = db.run(&["status"], &[("REMINDER_WHATSAPP_RAET", "2/min")]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "WARN reminderctl: unknown setting REMINDER_WHATSAPP_RAET (the environment) is \
+             ignored; did you mean REMINDER_WHATSAPP_RATE?"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let dotenv = format!("DATABASE_URL={}\n\nREMINDER_TIMEZOEN=Asia/Makassar\n", db.url);
+    let out = run_with_dotenv(&db, &dotenv, &["status"], &[]).await;
+    let path = db.dir.path().join(".env");
+    assert!(
+        stderr(&out).contains(&format!(
+            "unknown setting REMINDER_TIMEZOEN ({} line 3) is ignored; did you mean \
+             REMINDER_TIMEZONE?",
+            path.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    db.cleanup().await;
 }
 
 /// Runs `cmd` with the given stdout, capturing stderr. (`Command::output` would replace the
