@@ -88,7 +88,7 @@ pub enum Email {
 /// Every setting of a pass, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub timezone: Tz,
     pub send_window: SendWindow,
     pub whatsapp: Option<WhatsApp>,
@@ -110,6 +110,74 @@ pub struct Settings {
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:reminderctl.db";
+
+/// Where the data lives. `Display` and `Debug` name the SQLite file, or the PostgreSQL host, port
+/// and database, never the user or password; only `expose` gives the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    url: String,
+    shown: String,
+}
+
+impl DatabaseUrl {
+    /// Checks a URL given by `variable` (`DATABASE_URL` or `--database-url`). The URL is never
+    /// echoed in the error: it may carry a password.
+    pub fn parse(raw: &str, variable: &'static str) -> Result<Self, ConfigError> {
+        let url = raw.trim();
+        if url.is_empty() {
+            return Err(bad(variable, "is empty; give a sqlite: or postgres:// URL"));
+        }
+        let shown = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            let file = file.split_once('?').map_or(file, |(f, _)| f);
+            if file.is_empty() {
+                return Err(bad(variable, "names no SQLite file (e.g. sqlite:reminderctl.db)"));
+            }
+            format!("sqlite database {file}")
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| bad(variable, format!("is not a valid postgres:// URL ({e})")))?;
+            let query_host =
+                parsed.query_pairs().find(|(k, _)| k == "host").map(|(_, v)| v.into_owned());
+            let host = match parsed.host_str().filter(|h| !h.is_empty()) {
+                Some(h) => h.to_string(),
+                None => query_host.unwrap_or_else(|| "localhost".into()),
+            };
+            let port = parsed.port().unwrap_or(5432);
+            match parsed.path().trim_start_matches('/') {
+                "" => format!("postgres database on {host}:{port}"),
+                db => format!("postgres database {db} on {host}:{port}"),
+            }
+        } else {
+            let scheme = url.split_once(':').map_or("", |(s, _)| s);
+            let scheme = crate::report::escape_control(scheme);
+            return Err(bad(
+                variable,
+                format!(
+                    "'{scheme}:' is not supported; use sqlite:FILE or postgres://HOST/DATABASE"
+                ),
+            ));
+        };
+        Ok(Self { url: url.to_string(), shown })
+    }
+
+    /// The URL itself, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
 
 /// Every variable reminderctl reads: the one list that unknown names are checked against, kept
 /// true by a test that reads this file's source and the README.
@@ -301,7 +369,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
 impl Settings {
     /// Reads the settings from a snapshot of the environment (with `.env` already merged in).
     pub fn from_env(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::load(env, None)
+    }
+
+    /// Reads the settings, with `--database-url` (when given) in place of `DATABASE_URL`.
+    pub fn load(
+        env: &HashMap<String, String>,
+        database_url_flag: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        // An empty URL is a mistake (a variable left blank, `--database-url "$UNSET"`), not a
+        // request for the default database.
+        let database_url = match (database_url_flag, env.get("DATABASE_URL")) {
+            (Some(flag), _) => DatabaseUrl::parse(flag, "--database-url")?,
+            (None, Some(url)) => DatabaseUrl::parse(url, "DATABASE_URL")?,
+            (None, None) => DatabaseUrl::parse(DEFAULT_DATABASE_URL, "DATABASE_URL")?,
+        };
 
         let timezone = match get("REMINDER_TIMEZONE") {
             None => chrono_tz::Asia::Jakarta,
@@ -334,7 +418,7 @@ impl Settings {
 
         let request_timeout = Duration::from_secs(number("REMINDER_HTTP_TIMEOUT", 15, 1, 300)?);
         Ok(Self {
-            database_url: get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL).to_string(),
+            database_url,
             timezone,
             send_window,
             whatsapp: whatsapp(&get)?,
@@ -795,6 +879,52 @@ mod tests {
         assert_eq!(
             e.unwrap_err().to_string(),
             "REMINDER_SENDER_NAME: the value in the environment is not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn an_empty_database_url_is_an_error_naming_where_it_came_from() {
+        assert_eq!(settings(&[("DATABASE_URL", "")]).unwrap_err().variable, "DATABASE_URL");
+        assert_eq!(settings(&[("DATABASE_URL", "  ")]).unwrap_err().variable, "DATABASE_URL");
+        let env = HashMap::new();
+        let e = Settings::load(&env, Some("")).unwrap_err();
+        assert_eq!(e.to_string(), "--database-url: is empty; give a sqlite: or postgres:// URL");
+        // The flag wins over the variable, even a bad one.
+        let env: HashMap<String, String> =
+            [("DATABASE_URL".to_string(), "mysql://x".to_string())].into();
+        let s = Settings::load(&env, Some("sqlite:other.db")).unwrap();
+        assert_eq!(s.database_url.expose(), "sqlite:other.db");
+        assert_eq!(settings(&[]).unwrap().database_url.expose(), DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        let url = |u: &str| DatabaseUrl::parse(u, "DATABASE_URL").map(|d| d.to_string());
+        assert_eq!(url("sqlite:reminderctl.db").unwrap(), "sqlite database reminderctl.db");
+        assert_eq!(
+            url("sqlite:///var/lib/r.db?mode=rwc").unwrap(),
+            "sqlite database /var/lib/r.db"
+        );
+        assert_eq!(
+            url("postgres://app:hunter2@db.internal:6432/reminders").unwrap(),
+            "postgres database reminders on db.internal:6432"
+        );
+        assert_eq!(
+            url("postgresql://app:hunter2@10.0.0.5/app").unwrap(),
+            "postgres database app on 10.0.0.5:5432"
+        );
+        let d = DatabaseUrl::parse("postgres://app:hunter2@h/db", "DATABASE_URL").unwrap();
+        assert!(!format!("{d:?} {d}").contains("hunter2"));
+        let e = url("mysql://root:hunter2@h/x").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "DATABASE_URL: 'mysql:' is not supported; use sqlite:FILE or postgres://HOST/DATABASE"
+        );
+        assert!(url("sqlite:").is_err());
+        let e = url("postgres://app:hunter2@[bad/x").unwrap_err().to_string();
+        assert!(
+            e.starts_with("DATABASE_URL: is not a valid postgres:// URL") && !e.contains("hunter2"),
+            "{e}"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! A pass is a straight line: [`cli`] → [`config`] → [`store`] → [`generate`] → [`deliver`] →
 //! [`report`]. [`domain`] holds the pure rules (stage dates, recurrence, phone numbers,
 //! formatting), [`channels`] the provider adapters, [`clock`] the one source of "now".
-//! [`dotenv`] reads `.env` files.
+//! [`dotenv`] reads `.env` files, [`logging`] writes logs and the one error line to stderr.
 
 pub mod channels;
 pub mod cli;
@@ -14,6 +14,7 @@ pub mod deliver;
 pub mod domain;
 pub mod dotenv;
 pub mod generate;
+pub mod logging;
 pub mod report;
 pub mod seed;
 pub mod store;

@@ -3,6 +3,7 @@
 //! failures).
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,10 +36,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the whole error chain once, `error: …: …`, so that cron mail is useful.
-#[allow(clippy::print_stderr)]
+/// Prints the error once, `error: what: why`, so that cron mail is useful. A closed stderr is
+/// no reason to panic: the exit code still says it.
 fn fail(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+    let _ = writeln!(std::io::stderr(), "{}", reminderctl::logging::error_line(error));
     ExitCode::from(1)
 }
 

@@ -46,20 +46,17 @@ pub(crate) struct Setup {
     pub store: Arc<dyn Store>,
 }
 
-pub(crate) async fn setup(
-    common: &Common,
-    mut env: HashMap<String, String>,
-) -> anyhow::Result<Setup> {
-    if let Some(url) = &common.database_url {
-        env.insert("DATABASE_URL".into(), url.clone());
-    }
-    let settings = Settings::from_env(&env).context("configuration")?;
+pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyhow::Result<Setup> {
+    let settings = Settings::load(&env, common.database_url.as_deref()).context("configuration")?;
     let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
-    let store = crate::store::connect(&settings.database_url)
+    let store = crate::store::connect(settings.database_url.expose())
         .await
-        .with_context(|| format!("cannot open the {} database", scheme(&settings.database_url)))?;
+        .with_context(|| format!("cannot open the {}", settings.database_url))?;
     if !common.no_migrate {
-        store.migrate().await.context("cannot apply database migrations")?;
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("cannot apply migrations to the {}", settings.database_url))?;
     }
     Ok(Setup { settings, clock, store })
 }
@@ -83,9 +80,4 @@ pub(crate) fn confirm(prompt: &str, yes: bool) -> anyhow::Result<()> {
         .context("cannot ask for confirmation")?;
     anyhow::ensure!(answer, "cancelled: nothing was sent");
     Ok(())
-}
-
-/// The database kind, for error messages: the URL itself may carry a password.
-fn scheme(url: &str) -> &str {
-    url.split(':').next().unwrap_or("configured")
 }

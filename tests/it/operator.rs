@@ -140,6 +140,57 @@ async fn an_unknown_reminder_setting_is_a_warning_naming_the_closest() {
     db.cleanup().await;
 }
 
+#[tokio::test]
+async fn an_empty_database_url_is_an_error_naming_the_flag_or_variable() {
+    let db = TestDb::sqlite().await;
+    let out = db.run(&["status", "--database-url", ""], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: configuration: --database-url: is empty; give a sqlite: or postgres:// URL\n"
+    );
+    let out = db.run(&["run"], &[("DATABASE_URL", "")]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: configuration: DATABASE_URL: is empty; give a sqlite: or postgres:// URL\n"
+    );
+    let out = run_with_dotenv(&db, "DATABASE_URL=\n", &["status"], &[]).await;
+    assert!(stderr(&out).contains("DATABASE_URL: is empty"), "{}", stderr(&out));
+    assert!(!db.dir.path().join("reminderctl.db").exists(), "the default database was opened");
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_open_is_named_once_without_its_password() {
+    let db = TestDb::sqlite().await;
+    let missing = db.dir.path().join("no/such/dir/r.db");
+    let url = format!("sqlite:{}", missing.display());
+    let out = db.run(&["run"], &[("DATABASE_URL", &url)]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot open the sqlite database {}: unable to open database file\n",
+            missing.display()
+        )
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("postgres://app:hunter2-secret@127.0.0.1:{port}/reminders");
+    let out = db.run(&["status"], &[("DATABASE_URL", &url)]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "error: cannot open the postgres database reminders on 127.0.0.1:{port}: Connection \
+             refused (os error 111)\n"
+        )
+    );
+    db.cleanup().await;
+}
+
 /// Runs `cmd` with the given stdout, capturing stderr. (`Command::output` would replace the
 /// stdout with a pipe of its own.)
 async fn with_stdout(mut cmd: tokio::process::Command, stdout: impl Into<Stdio>) -> Output {
