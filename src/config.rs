@@ -224,6 +224,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "MAIL_FROM_NAME",
     "LOG_LEVEL",
     "LOG_FORMAT",
+    "NO_COLOR",
 ];
 
 /// The variables a command runs with: the process environment over the `.env` file, and what
@@ -742,7 +743,7 @@ mod tests {
 
     #[test]
     fn every_variable_read_here_is_in_the_known_list_and_the_readme() {
-        let sources = [include_str!("config.rs")];
+        let sources = [include_str!("config.rs"), include_str!("logging.rs")];
         let mut read = Vec::new();
         for source in sources {
             // The code, not its tests (which are full of misspelt names on purpose).

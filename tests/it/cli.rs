@@ -46,6 +46,8 @@ async fn bad_settings_exit_1_naming_the_variable() {
         ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL"),
         ("TWILIO_ACCOUNT_SID", "AC123", "TWILIO_AUTH_TOKEN"),
         ("WHATSAPP_PROVIDER", "whatsapp-web", "WHATSAPP_PROVIDER"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL"),
+        ("LOG_FORMAT", "jsonl", "LOG_FORMAT"),
     ] {
         let out = db.run(&["run"], &[(var, value)]).await;
         assert_eq!(out.status.code(), Some(1), "{var}={value}: {}", text(&out));

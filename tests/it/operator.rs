@@ -3,7 +3,12 @@
 //! output that reads well in cron mail (no colour, no raw control characters, no panics on a
 //! closed stdout, JSON log lines with unique keys).
 
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Write as _;
 use std::process::{Output, Stdio};
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::both;
 use crate::helpers::{contact, invoice, TestDb};
@@ -241,4 +246,137 @@ async fn control_characters_body(db: &TestDb) {
         assert!(!text.contains('\u{1b}') && !text.contains('\u{7}'), "{text:?}");
         assert!(text.contains("\\u{1b}]0;pwned\\u{7}"), "{text}");
     }
+}
+
+/// Fails on a JSON object with a key twice, at any depth: `serde_json`'s own maps would keep the
+/// last one silently.
+struct UniqueKeys;
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+}
+
+#[test]
+fn the_duplicate_key_check_catches_duplicates() {
+    assert!(serde_json::from_str::<UniqueKeys>(r#"{"a":1,"b":{"c":[{"d":1}]}}"#).is_ok());
+    assert!(
+        serde_json::from_str::<UniqueKeys>(r#"{"fields":{"message":"sent","message":3}}"#).is_err()
+    );
+    assert!(serde_json::from_str::<UniqueKeys>(r#"[{"a":1,"a":2}]"#).is_err());
+}
+
+both!(json_log_lines_have_unique_keys, json_logs_body);
+async fn json_logs_body(db: &TestDb) {
+    one_due_reminder(db).await;
+    contact(db, "Landline", "0211234567", "whatsapp").await;
+    invoice(db, 2, "INV-2", "2025-11-20").await;
+    let env = [
+        ("WHATSAPP_PROVIDER", "log"),
+        ("LOG_FORMAT", "json"),
+        ("LOG_LEVEL", "debug"),
+        ("REMINDER_WHATSAPP_RAET", "1"),
+    ];
+    let out = db.run(&["run", "--now", NOW], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    // Sent, failed (the landline), and the unknown-setting warning.
+    assert!(err.lines().count() >= 3, "{err}");
+    for line in err.lines() {
+        if let Err(e) = serde_json::from_str::<UniqueKeys>(line) {
+            panic!("{e}: {line}");
+        }
+        let doc: serde_json::Value = serde_json::from_str(line).expect("json");
+        assert!(doc["fields"]["message"].is_string(), "the message is not the text: {line}");
+    }
+}
+
+#[tokio::test]
+async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    let db = TestDb::sqlite().await;
+    // A warning, so that there is a log line to colour; stderr is a pipe here.
+    let warn = ("REMINDER_WHATSAPP_RAET", "1");
+    let mut cmd = db.command(&["status"], &[warn]);
+    cmd.env_remove("NO_COLOR");
+    let out = cmd.output().await.expect("run");
+    assert!(stderr(&out).contains("REMINDER_WHATSAPP_RAET"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains('\u{1b}'), "colour in a pipe: {:?}", stderr(&out));
+
+    // On a terminal (`script` gives the command one), colour unless NO_COLOR is set at all.
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        // Written past the test harness's capture so that it shows.
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** `script` is missing: the terminal half of the colour test is SKIPPED ***"
+        );
+        db.cleanup().await;
+        return;
+    }
+    let on_terminal = |no_color: Option<&str>| {
+        let bin = env!("CARGO_BIN_EXE_reminderctl");
+        let mut cmd = tokio::process::Command::new("script");
+        cmd.args(["-qec", &format!("'{bin}' status >/dev/null"), "/dev/null"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env(warn.0, warn.1)
+            .current_dir(db.dir.path());
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        cmd
+    };
+    let out = on_terminal(None).output().await.expect("script");
+    let terminal = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(terminal.contains("REMINDER_WHATSAPP_RAET"), "{terminal}");
+    assert!(terminal.contains("\u{1b}["), "no colour on a terminal: {terminal:?}");
+    for value in ["", "1"] {
+        let out = on_terminal(Some(value)).output().await.expect("script");
+        let terminal = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(terminal.contains("REMINDER_WHATSAPP_RAET"), "{terminal}");
+        assert!(!terminal.contains('\u{1b}'), "NO_COLOR={value:?}: {terminal:?}");
+    }
+    db.cleanup().await;
 }
