@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::channels::Registry;
 use crate::cli::{Command, Common};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::Store;
+use crate::templates::Templates;
 
 mod pass;
 mod seed;
@@ -39,15 +41,35 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
     }
 }
 
-/// Settings, clock and an open, migrated store: what every command starts from.
+/// Settings, checked templates, channels, clock and an open, migrated store: what every command
+/// starts from.
 pub(crate) struct Setup {
     pub settings: Settings,
+    pub templates: Templates,
+    pub registry: Registry,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
 }
 
+/// Everything the operator configured is checked here, before the database is opened: a
+/// mistake stops the command with one error naming the variable or file, and nothing is
+/// generated or sent.
 pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyhow::Result<Setup> {
     let settings = Settings::load(&env, common.database_url.as_deref()).context("configuration")?;
+    // Said before the check: a misnamed file is an override that is silently not used.
+    if let Some(dir) = &settings.template_dir {
+        let known: Vec<&str> = Templates::names().collect();
+        for file in Templates::unknown_files(dir) {
+            tracing::warn!(
+                "{}: {} is not a template name and is ignored (known: {})",
+                dir.display(),
+                crate::report::escape_control(&file),
+                known.join(", ")
+            );
+        }
+    }
+    let templates = Templates::load(settings.template_dir.as_deref())?;
+    let registry = Registry::from_settings(&settings).context("cannot set up the channels")?;
     let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
     let store = crate::store::connect(settings.database_url.expose())
         .await
@@ -58,7 +80,7 @@ pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyh
             .await
             .with_context(|| format!("cannot apply migrations to the {}", settings.database_url))?;
     }
-    Ok(Setup { settings, clock, store })
+    Ok(Setup { settings, templates, registry, clock, store })
 }
 
 /// Asks before a test command sends anything. Without a terminal on stdin and without `--yes`

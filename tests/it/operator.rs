@@ -196,6 +196,80 @@ async fn a_database_that_cannot_open_is_named_once_without_its_password() {
     db.cleanup().await;
 }
 
+both!(a_template_mistake_stops_the_pass_before_anything_is_written, template_mistake_body);
+async fn template_mistake_body(db: &TestDb) {
+    one_due_reminder(db).await;
+    let env = [("WHATSAPP_PROVIDER", "log")];
+    // A reminder queued while the templates were fine must not fail because of the mistake.
+    let out = db.run(&["generate", "--now", NOW], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    invoice(db, 1, "INV-2", "2025-11-20").await;
+
+    let dir = db.dir.path().join("templates");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("dunning_before.txt");
+    let dir_s = dir.display().to_string();
+    let env = [("WHATSAPP_PROVIDER", "log"), ("REMINDER_TEMPLATE_DIR", dir_s.as_str())];
+    let cases = [
+        (
+            "Halo {{ name }},\n\nTagihan {{ nama_pelanggan }} sebesar {{ amount }}.\n",
+            "line 3: undefined variable 'nama_pelanggan' (known: name, invoice_number, amount, \
+             amount_value, due_date, stage, days_left, days_overdue, sender_name, service_phone)",
+        ),
+        ("Halo {{ name | titel }},\n", "line 1: unknown filter 'titel'"),
+        ("Halo {{ name }},\n{% if sender_name %}\n", "line 2: syntax error: "),
+    ];
+    for (text, problem) in cases {
+        std::fs::write(&file, text).expect("write");
+        for mode in ["run", "generate", "send"] {
+            let out = db.run(&[mode, "--now", NOW], &env).await;
+            assert_eq!(out.status.code(), Some(1), "{mode}: {}", stderr(&out));
+            let expected = format!("error: template {} {problem}", file.display());
+            assert!(stderr(&out).starts_with(&expected), "{mode}: {}", stderr(&out));
+            assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+        }
+    }
+    assert_eq!(db.int("SELECT count(*) FROM messages").await, 1, "something was generated");
+    assert_eq!(
+        db.int("SELECT count(*) FROM messages WHERE status = 'pending' AND attempts = 0").await,
+        1,
+        "the queued reminder was touched"
+    );
+
+    // Checked before the database is opened: the template is the error, not the database.
+    let nowhere = format!("sqlite:{}", db.dir.path().join("no/such/dir/r.db").display());
+    let env_nowhere = [env[0], env[1], ("DATABASE_URL", nowhere.as_str())];
+    let out = db.run(&["run", "--now", NOW], &env_nowhere).await;
+    assert!(stderr(&out).starts_with("error: template "), "{}", stderr(&out));
+
+    let missing = db.dir.path().join("tempaltes").display().to_string();
+    let env = [("WHATSAPP_PROVIDER", "log"), ("REMINDER_TEMPLATE_DIR", missing.as_str())];
+    let out = db.run(&["run", "--now", NOW], &env).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), format!("error: REMINDER_TEMPLATE_DIR: {missing} does not exist\n"));
+}
+
+#[tokio::test]
+async fn a_file_in_the_template_dir_that_is_no_template_is_a_warning() {
+    let db = TestDb::sqlite().await;
+    let dir = db.dir.path().join("templates");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("dunning_before.text"), "Halo {{ name }}").expect("write");
+    let dir_s = dir.display().to_string();
+    let out = db.run(&["status"], &[("REMINDER_TEMPLATE_DIR", dir_s.as_str())]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{dir_s}: dunning_before.text is not a template name and is ignored (known: \
+             dunning_before.txt, dunning_before.subject.txt, dunning_overdue.txt, \
+             dunning_overdue.subject.txt, maintenance.txt, maintenance.subject.txt)"
+        )),
+        "{}",
+        stderr(&out)
+    );
+    db.cleanup().await;
+}
+
 /// Runs `cmd` with the given stdout, capturing stderr. (`Command::output` would replace the
 /// stdout with a pipe of its own.)
 async fn with_stdout(mut cmd: tokio::process::Command, stdout: impl Into<Stdio>) -> Output {
