@@ -270,6 +270,32 @@ async fn a_file_in_the_template_dir_that_is_no_template_is_a_warning() {
     db.cleanup().await;
 }
 
+both!(a_channel_without_a_provider_says_which_variable_to_set, no_provider_body);
+async fn no_provider_body(db: &TestDb) {
+    one_due_reminder(db).await;
+    let out = db.run(&["run", "--now", NOW], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary = stdout(&out);
+    let line = summary.lines().find(|l| l.trim_start().starts_with("whatsapp")).unwrap_or("");
+    assert!(line.contains("waiting 1"), "{summary}");
+    assert!(line.contains("set WHATSAPP_PROVIDER"), "{summary}");
+
+    let out = db.run(&["status", "--now", NOW], &[]).await;
+    let status = stdout(&out);
+    let line = status.lines().find(|l| l.trim_start().starts_with("whatsapp")).unwrap_or("");
+    assert!(line.contains("not configured: ") && line.contains("WHATSAPP_PROVIDER"), "{status}");
+    let out = db.run(&["status", "--json", "--now", NOW], &[]).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let whatsapp = doc["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["channel"] == "whatsapp"))
+        .cloned()
+        .unwrap_or_default();
+    let reason = whatsapp["not_configured"].as_str().unwrap_or_default();
+    assert!(reason.contains("WHATSAPP_PROVIDER"), "{doc}");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 1);
+}
+
 /// Runs `cmd` with the given stdout, capturing stderr. (`Command::output` would replace the
 /// stdout with a pipe of its own.)
 async fn with_stdout(mut cmd: tokio::process::Command, stdout: impl Into<Stdio>) -> Output {
