@@ -4,7 +4,9 @@
 pub use crate::secret::Secret;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono_tz::Tz;
@@ -61,7 +63,7 @@ pub enum Email {
 /// Every setting of a pass, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
     pub timezone: Tz,
     pub send_window: SendWindow,
     pub whatsapp: Option<WhatsApp>,
@@ -87,10 +89,284 @@ pub struct Settings {
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:reminderctl.db";
 
+/// Where the data lives. `Display` and `Debug` name the SQLite file, or the PostgreSQL host, port
+/// and database, never the user or password; only `expose` gives the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    url: String,
+    shown: String,
+}
+
+impl DatabaseUrl {
+    /// Checks a URL given by `variable` (`DATABASE_URL` or `--database-url`). The URL is never
+    /// echoed in the error: it may carry a password.
+    pub fn parse(raw: &str, variable: &'static str) -> Result<Self, ConfigError> {
+        let url = raw.trim();
+        if url.is_empty() {
+            return Err(bad(variable, "is empty; give a sqlite: or postgres:// URL"));
+        }
+        let shown = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let file = rest.strip_prefix("//").unwrap_or(rest);
+            let file = file.split_once('?').map_or(file, |(f, _)| f);
+            if file.is_empty() {
+                return Err(bad(variable, "names no SQLite file (e.g. sqlite:reminderctl.db)"));
+            }
+            format!("sqlite database {file}")
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| bad(variable, format!("is not a valid postgres:// URL ({e})")))?;
+            let query_host =
+                parsed.query_pairs().find(|(k, _)| k == "host").map(|(_, v)| v.into_owned());
+            let host = match parsed.host_str().filter(|h| !h.is_empty()) {
+                Some(h) => h.to_string(),
+                None => query_host.unwrap_or_else(|| "localhost".into()),
+            };
+            let port = parsed.port().unwrap_or(5432);
+            match parsed.path().trim_start_matches('/') {
+                "" => format!("postgres database on {host}:{port}"),
+                db => format!("postgres database {db} on {host}:{port}"),
+            }
+        } else {
+            let scheme = url.split_once(':').map_or("", |(s, _)| s);
+            let scheme = crate::report::escape_control(scheme);
+            return Err(bad(
+                variable,
+                format!(
+                    "'{scheme}:' is not supported; use sqlite:FILE or postgres://HOST/DATABASE"
+                ),
+            ));
+        };
+        Ok(Self { url: url.to_string(), shown })
+    }
+
+    /// The URL itself, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Every variable reminderctl reads: the one list that unknown names are checked against, kept
+/// true by a test that reads this file's source and the README.
+pub const KNOWN_VARIABLES: &[&str] = &[
+    "DATABASE_URL",
+    "REMINDER_TIMEZONE",
+    "REMINDER_SEND_WINDOW",
+    "REMINDER_WHATSAPP_RATE",
+    "REMINDER_TELEGRAM_RATE",
+    "REMINDER_EMAIL_RATE",
+    "REMINDER_CONCURRENCY",
+    "REMINDER_MAX_ATTEMPTS",
+    "REMINDER_SERVICE_PHONE",
+    "REMINDER_SENDER_NAME",
+    "REMINDER_DUNNING_BEFORE",
+    "REMINDER_DUNNING_FOLLOWUP_EVERY",
+    "REMINDER_DUNNING_FOLLOWUPS",
+    "REMINDER_TEMPLATE_DIR",
+    "REMINDER_PASS_SECONDS",
+    "REMINDER_HTTP_TIMEOUT",
+    "REMINDER_JOURNAL_DIR",
+    "XDG_STATE_HOME",
+    "WHATSAPP_PROVIDER",
+    "TWILIO_ACCOUNT_SID",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_WHATSAPP_FROM",
+    "TWILIO_API_BASE",
+    "WAHA_BASE_URL",
+    "WAHA_API_KEY",
+    "WAHA_SESSION",
+    "WAHA_CHECK_NUMBER",
+    "FONNTE_TOKEN",
+    "FONNTE_API_BASE",
+    "STARSENDER_API_KEY",
+    "STARSENDER_API_BASE",
+    "TELEGRAM_PROVIDER",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_API_BASE",
+    "MAIL_MAILER",
+    "MAIL_HOST",
+    "MAIL_PORT",
+    "MAIL_USERNAME",
+    "MAIL_PASSWORD",
+    "MAIL_ENCRYPTION",
+    "MAIL_FROM_ADDRESS",
+    "MAIL_FROM_NAME",
+    "LOG_LEVEL",
+    "LOG_FORMAT",
+    "NO_COLOR",
+];
+
+/// The variables a command runs with: the process environment over the `.env` file, and what
+/// is worth a warning about them.
+#[derive(Debug, Default)]
+pub struct Environment {
+    pub vars: HashMap<String, String>,
+    /// Warnings that do not stop the command, in the order they should be logged.
+    pub warnings: Vec<String>,
+}
+
+/// The environment could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error(transparent)]
+    Dotenv(#[from] crate::dotenv::DotenvError),
+    #[error("{variable}: the value in the environment is not valid UTF-8")]
+    NotUnicode { variable: String },
+}
+
+impl Environment {
+    /// Merges the process environment (`process`, which wins) over the `.env` file at `dotenv`
+    /// (which may be missing). A bad `.env` line, or a setting whose value is not UTF-8, is an
+    /// error; other variables that are not UTF-8 are left out, since reminderctl reads none.
+    pub fn load(
+        process: impl IntoIterator<Item = (OsString, OsString)>,
+        dotenv: &Path,
+    ) -> Result<Self, EnvError> {
+        let mut vars = HashMap::new();
+        for (key, value) in process {
+            let Ok(key) = key.into_string() else { continue };
+            match value.into_string() {
+                Ok(value) => {
+                    vars.insert(key, value);
+                }
+                Err(_) if KNOWN_VARIABLES.contains(&key.as_str()) || key.starts_with(PREFIX) => {
+                    return Err(EnvError::NotUnicode { variable: key });
+                }
+                Err(_) => {}
+            }
+        }
+        let mut env = Self { vars, warnings: Vec::new() };
+        let entries = crate::dotenv::load(dotenv)?.unwrap_or_default();
+        let file = dotenv.display();
+        let mut first_line: HashMap<&str, usize> = HashMap::new();
+        let mut from_file: HashMap<&str, usize> = HashMap::new();
+        for entry in &entries {
+            if let Some(first) = first_line.insert(&entry.key, entry.line) {
+                env.warnings.push(format!(
+                    "{file} line {}: {} is set again (first on line {first}); the later value is \
+                     used",
+                    entry.line, entry.key
+                ));
+            }
+            if entry.quote != crate::dotenv::Quote::Single && entry.value.contains("${") {
+                env.warnings.push(format!(
+                    "{file} line {}: {} contains ${{…}}, which reminderctl does not expand; the \
+                     value is used as written",
+                    entry.line, entry.key
+                ));
+            }
+            from_file.insert(&entry.key, entry.line);
+        }
+        let mut names: Vec<&str> = env.vars.keys().map(String::as_str).collect();
+        names.extend(from_file.keys().filter(|k| !env.vars.contains_key(**k)));
+        names.sort_unstable();
+        let mut warnings = Vec::new();
+        for name in names {
+            let origin = match from_file.get(name) {
+                Some(line) => format!("{file} line {line}"),
+                None => "the environment".to_string(),
+            };
+            if let Some(w) = unknown_setting(name, from_file.contains_key(name), &origin) {
+                warnings.push(w);
+            }
+        }
+        env.warnings.extend(warnings);
+        // A later line wins over an earlier one, and the process environment over the file.
+        let file_values: HashMap<String, String> =
+            entries.into_iter().map(|e| (e.key, e.value)).collect();
+        for (key, value) in file_values {
+            env.vars.entry(key).or_insert(value);
+        }
+        Ok(env)
+    }
+}
+
+/// The prefix of reminderctl's own settings: any other name with it is a mistake.
+const PREFIX: &str = "REMINDER_";
+
+/// A warning for a variable reminderctl does not read but probably should: any `REMINDER_*`
+/// name, and (in `.env`, where every line is meant for someone) a name one or two edits away
+/// from a known one. Other variables belong to other programs and are left alone.
+fn unknown_setting(name: &str, in_dotenv: bool, origin: &str) -> Option<String> {
+    if KNOWN_VARIABLES.contains(&name) {
+        return None;
+    }
+    let (closest, distance) = KNOWN_VARIABLES
+        .iter()
+        .map(|known| (*known, edit_distance(name, known)))
+        .min_by_key(|(_, d)| *d)?;
+    let name = crate::report::escape_control(name);
+    if name.starts_with(PREFIX) {
+        Some(if distance <= 3 {
+            format!("unknown setting {name} ({origin}) is ignored; did you mean {closest}?")
+        } else {
+            format!(
+                "unknown setting {name} ({origin}) is ignored; the closest known setting is \
+                 {closest} (see the README's configuration table)"
+            )
+        })
+    } else if in_dotenv && distance <= 2 && name.len() >= 8 {
+        Some(format!("unknown setting {name} ({origin}) is ignored; did you mean {closest}?"))
+    } else {
+        None
+    }
+}
+
+/// Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`: a transposed
+/// pair like `RAET` for `RATE` counts as one typo.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 impl Settings {
     /// Reads the settings from a snapshot of the environment (with `.env` already merged in).
     pub fn from_env(env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::load(env, None)
+    }
+
+    /// Reads the settings, with `--database-url` (when given) in place of `DATABASE_URL`.
+    pub fn load(
+        env: &HashMap<String, String>,
+        database_url_flag: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+
+        // An empty URL is a mistake (a variable left blank, `--database-url "$UNSET"`), not a
+        // request for the default database.
+        let database_url = match (database_url_flag, env.get("DATABASE_URL")) {
+            (Some(flag), _) => DatabaseUrl::parse(flag, "--database-url")?,
+            (None, Some(url)) => DatabaseUrl::parse(url, "DATABASE_URL")?,
+            (None, None) => DatabaseUrl::parse(DEFAULT_DATABASE_URL, "DATABASE_URL")?,
+        };
 
         let timezone = match get("REMINDER_TIMEZONE") {
             None => chrono_tz::Asia::Jakarta,
@@ -123,7 +399,7 @@ impl Settings {
 
         let request_timeout = Duration::from_secs(number("REMINDER_HTTP_TIMEOUT", 15, 1, 300)?);
         Ok(Self {
-            database_url: get("DATABASE_URL").unwrap_or(DEFAULT_DATABASE_URL).to_string(),
+            database_url,
             timezone,
             send_window,
             whatsapp: whatsapp(&get)?,
@@ -508,5 +784,193 @@ mod tests {
         for secret in ["fonnte-secret-1", "telegram-secret-2", "mail-secret-3"] {
             assert!(!debug.contains(secret), "{debug}");
         }
+    }
+
+    #[test]
+    fn every_variable_read_here_is_in_the_known_list_and_the_readme() {
+        let sources = [include_str!("config.rs"), include_str!("logging.rs")];
+        let mut read = Vec::new();
+        for source in sources {
+            // The code, not its tests (which are full of misspelt names on purpose).
+            let code = source.split("#[cfg(test)]").next().unwrap();
+            for piece in code.split('"').skip(1).step_by(2) {
+                let looks_like_one = piece.len() > 3
+                    && piece.contains('_')
+                    && piece
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit());
+                if looks_like_one && !piece.starts_with('_') && !piece.ends_with('_') {
+                    read.push(piece);
+                }
+            }
+        }
+        for name in read {
+            assert!(KNOWN_VARIABLES.contains(&name), "{name} is read but not in KNOWN_VARIABLES");
+        }
+        let readme = include_str!("../README.md");
+        for name in KNOWN_VARIABLES {
+            assert!(readme.contains(&format!("`{name}`")), "{name} is not in the README");
+        }
+    }
+
+    #[test]
+    fn a_typo_in_a_reminder_setting_names_the_closest_known_one() {
+        let w = unknown_setting("REMINDER_WHATSAPP_RAET", false, "the environment").unwrap();
+        assert_eq!(
+            w,
+            "unknown setting REMINDER_WHATSAPP_RAET (the environment) is ignored; did you mean \
+             REMINDER_WHATSAPP_RATE?"
+        );
+        let w = unknown_setting("REMINDER_TIMEZON", true, ".env line 2").unwrap();
+        assert!(w.ends_with("did you mean REMINDER_TIMEZONE?"), "{w}");
+        let w = unknown_setting("REMINDER_HEARTBEAT_URL", false, "the environment").unwrap();
+        assert!(w.contains("the closest known setting is REMINDER_"), "{w}");
+        assert_eq!(unknown_setting("REMINDER_TIMEZONE", false, "the environment"), None);
+    }
+
+    #[test]
+    fn other_programs_variables_are_left_alone_but_near_misses_in_dotenv_are_not() {
+        assert_eq!(unknown_setting("HOME", false, "the environment"), None);
+        assert_eq!(unknown_setting("APP_KEY", true, ".env line 1"), None);
+        assert_eq!(unknown_setting("WHATSAPP_PROVDER", false, "the environment"), None);
+        let w = unknown_setting("WHATSAPP_PROVDER", true, ".env line 4").unwrap();
+        assert!(w.ends_with("did you mean WHATSAPP_PROVIDER?"), "{w}");
+    }
+
+    #[test]
+    fn a_transposition_is_one_edit() {
+        assert_eq!(edit_distance("RAET", "RATE"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    fn os(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+    }
+
+    #[test]
+    fn the_environment_wins_over_dotenv_and_dotenv_fills_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "REMINDER_TIMEZONE=Asia/Makassar\nREMINDER_SENDER_NAME=Tim Wikarta Provider\n",
+        )
+        .unwrap();
+        let env = Environment::load(os(&[("REMINDER_TIMEZONE", "Asia/Jayapura")]), &path).unwrap();
+        assert_eq!(env.vars["REMINDER_TIMEZONE"], "Asia/Jayapura");
+        assert_eq!(env.vars["REMINDER_SENDER_NAME"], "Tim Wikarta Provider");
+        assert!(env.warnings.is_empty(), "{:?}", env.warnings);
+        let env = Environment::load(os(&[]), &dir.path().join("missing.env")).unwrap();
+        assert!(env.vars.is_empty());
+    }
+
+    #[test]
+    fn dotenv_warnings_name_the_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(
+            &path,
+            "REMINDER_WHATSAPP_RAET=2/min\nA=1\nA=2\nURL=${BASE}/x\nLIT='${BASE}'\n",
+        )
+        .unwrap();
+        let env = Environment::load(os(&[("REMINDER_SEND_WINDOOW", "x")]), &path).unwrap();
+        let file = path.display();
+        assert_eq!(
+            env.warnings,
+            [
+                format!("{file} line 3: A is set again (first on line 2); the later value is used"),
+                format!(
+                    "{file} line 4: URL contains ${{…}}, which reminderctl does not expand; the \
+                     value is used as written"
+                ),
+                "unknown setting REMINDER_SEND_WINDOOW (the environment) is ignored; did you \
+                 mean REMINDER_SEND_WINDOW?"
+                    .to_string(),
+                format!(
+                    "unknown setting REMINDER_WHATSAPP_RAET ({file} line 1) is ignored; did you \
+                     mean REMINDER_WHATSAPP_RATE?"
+                ),
+            ]
+        );
+        assert_eq!(env.vars["A"], "2");
+    }
+
+    #[test]
+    fn a_bad_dotenv_line_is_an_error_naming_file_line_and_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".env");
+        std::fs::write(&path, "A=1\nREMINDER_SENDER_NAME='Tim\n").unwrap();
+        let e = Environment::load(os(&[]), &path).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "{} line 2: REMINDER_SENDER_NAME: the single quote (') that opens the value is \
+                 never closed",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_setting_that_is_not_utf8_is_an_error_and_other_variables_are_skipped() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let bad = OsString::from_vec(vec![0xff, 0xfe]);
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join(".env");
+        let env = Environment::load(vec![("OTHER".into(), bad.clone())], &missing).unwrap();
+        assert!(env.vars.is_empty());
+        let e = Environment::load(vec![("REMINDER_SENDER_NAME".into(), bad)], &missing);
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "REMINDER_SENDER_NAME: the value in the environment is not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn an_empty_database_url_is_an_error_naming_where_it_came_from() {
+        assert_eq!(settings(&[("DATABASE_URL", "")]).unwrap_err().variable, "DATABASE_URL");
+        assert_eq!(settings(&[("DATABASE_URL", "  ")]).unwrap_err().variable, "DATABASE_URL");
+        let env = HashMap::new();
+        let e = Settings::load(&env, Some("")).unwrap_err();
+        assert_eq!(e.to_string(), "--database-url: is empty; give a sqlite: or postgres:// URL");
+        // The flag wins over the variable, even a bad one.
+        let env: HashMap<String, String> =
+            [("DATABASE_URL".to_string(), "mysql://x".to_string())].into();
+        let s = Settings::load(&env, Some("sqlite:other.db")).unwrap();
+        assert_eq!(s.database_url.expose(), "sqlite:other.db");
+        assert_eq!(settings(&[]).unwrap().database_url.expose(), DEFAULT_DATABASE_URL);
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        let url = |u: &str| DatabaseUrl::parse(u, "DATABASE_URL").map(|d| d.to_string());
+        assert_eq!(url("sqlite:reminderctl.db").unwrap(), "sqlite database reminderctl.db");
+        assert_eq!(
+            url("sqlite:///var/lib/r.db?mode=rwc").unwrap(),
+            "sqlite database /var/lib/r.db"
+        );
+        assert_eq!(
+            url("postgres://app:hunter2@db.internal:6432/reminders").unwrap(),
+            "postgres database reminders on db.internal:6432"
+        );
+        assert_eq!(
+            url("postgresql://app:hunter2@10.0.0.5/app").unwrap(),
+            "postgres database app on 10.0.0.5:5432"
+        );
+        let d = DatabaseUrl::parse("postgres://app:hunter2@h/db", "DATABASE_URL").unwrap();
+        assert!(!format!("{d:?} {d}").contains("hunter2"));
+        let e = url("mysql://root:hunter2@h/x").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "DATABASE_URL: 'mysql:' is not supported; use sqlite:FILE or postgres://HOST/DATABASE"
+        );
+        assert!(url("sqlite:").is_err());
+        let e = url("postgres://app:hunter2@[bad/x").unwrap_err().to_string();
+        assert!(
+            e.starts_with("DATABASE_URL: is not a valid postgres:// URL") && !e.contains("hunter2"),
+            "{e}"
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! A pass is a straight line: [`cli`] → [`config`] → [`store`] → [`generate`] → [`deliver`] →
 //! [`report`]. [`domain`] holds the pure rules (stage dates, recurrence, phone numbers,
 //! formatting), [`channels`] the provider adapters, [`secret`] credentials and their redaction,
-//! [`clock`] the one source of "now".
+//! [`clock`] the two clocks (business and real), [`dotenv`] reads `.env` files, [`logging`]
+//! writes logs and the one error line to stderr.
 
 pub mod channels;
 pub mod cli;
@@ -12,7 +13,9 @@ pub mod commands;
 pub mod config;
 pub mod deliver;
 pub mod domain;
+pub mod dotenv;
 pub mod generate;
+pub mod logging;
 pub mod report;
 pub mod secret;
 pub mod seed;

@@ -1,51 +1,60 @@
-//! Thin: load `.env`, parse the command line, set up logging, run the command, map the result
-//! to an exit code (0 done, 1 could not run, 2 usage, 3 `--strict` with failures).
+//! Thin: parse the command line, read the environment and `.env`, set up logging, run the
+//! command, map the result to an exit code (0 done, 1 could not run, 2 usage, 3 `--strict` with
+//! failures).
 
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use reminderctl::cli::Cli;
+use reminderctl::config::Environment;
+use reminderctl::logging::{self, LogSettings};
 
 fn main() -> ExitCode {
-    // A missing .env is normal; the environment wins over the file.
-    let _ = dotenvy::dotenv();
     let cli = Cli::parse();
-    init_tracing();
-    let env = std::env::vars().collect();
+    // The process environment wins over `.env`; a `.env` line that cannot be read stops every
+    // command, because whatever it meant to set would otherwise be silently missing.
+    let dotenv = std::env::current_dir().map_or_else(|_| PathBuf::from(".env"), |d| d.join(".env"));
+    let process: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let env = Environment::load(process.clone(), &dotenv);
+    let log = match &env {
+        Ok(env) => LogSettings::from_env(&env.vars),
+        // Logging as the process environment asks, to say what is wrong with the file.
+        Err(_) => LogSettings::from_env(
+            &process
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        ),
+    };
+    let fallback = LogSettings { level: "info", json: false, no_color: false };
+    logging::init(log.as_ref().unwrap_or(&fallback));
+    let env = match env {
+        Ok(env) => env,
+        Err(e) => return fail(&e.into()),
+    };
+    if let Err(e) = log {
+        return fail(&anyhow::Error::new(e).context("configuration"));
+    }
+    for warning in &env.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("cannot start the runtime")),
     };
-    match runtime.block_on(reminderctl::commands::dispatch(cli.command, env)) {
+    match runtime.block_on(reminderctl::commands::dispatch(cli.command, env.vars)) {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
 }
 
-/// Prints the whole error chain once, `error: …: …`, so that cron mail is useful.
-#[allow(clippy::print_stderr)]
+/// Prints the error once, `error: what: why`, so that cron mail is useful. A closed stderr is
+/// no reason to panic: the exit code still says it.
 fn fail(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error:#}");
+    let _ = writeln!(std::io::stderr(), "{}", logging::error_line(error));
     ExitCode::from(1)
-}
-
-/// Logs go to stderr. `LOG_LEVEL` applies to reminderctl's own events; other crates log only
-/// warnings, because HTTP client internals print request URLs, and Telegram's carries the token.
-fn init_tracing() {
-    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
-    let level = match level.to_ascii_lowercase().as_str() {
-        l @ ("trace" | "debug" | "info" | "warn" | "error" | "off") => l.to_string(),
-        _ => "info".to_string(),
-    };
-    let filter = EnvFilter::new(format!(
-        "warn,reminderctl={level},reqwest=error,hyper=error,hyper_util=error,sqlx=warn"
-    ));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -1,6 +1,7 @@
 //! Results to stdout: one `Report` value, rendered as the human summary or as one JSON document.
 //! Logs go to stderr through `tracing`; this is the only module that prints to stdout.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
@@ -160,7 +161,7 @@ impl PassReport {
                     g.unreadable.len()
                 );
                 for bad in g.unreadable.iter().take(crate::deliver::HUMAN_DETAILS) {
-                    let _ = writeln!(out, "    {bad}");
+                    let _ = writeln!(out, "    {}", escape_control(&bad.to_string()));
                 }
             }
         }
@@ -174,8 +175,8 @@ impl PassReport {
             }
             for c in &d.channels {
                 let name = match &c.provider {
-                    Some(p) => format!("{} ({p})", c.channel),
-                    None => c.channel.clone(),
+                    Some(p) => format!("{} ({})", escape_control(&c.channel), escape_control(p)),
+                    None => escape_control(&c.channel).into_owned(),
                 };
                 let mut parts = vec![
                     format!("sent {}", c.sent),
@@ -196,7 +197,7 @@ impl PassReport {
                 }
                 let _ = write!(out, "  {name:<20} {}", parts.join(", "));
                 if let Some(note) = &c.note {
-                    let _ = write!(out, " ({note})");
+                    let _ = write!(out, " ({})", escape_control(note));
                 }
                 out.push('\n');
             }
@@ -240,16 +241,16 @@ impl PassReport {
                     out,
                     "  #{} {} {} {}",
                     d.id.map_or_else(|| "-".to_string(), |i| i.to_string()),
-                    d.kind,
-                    d.stage.as_deref().unwrap_or(""),
-                    d.channel
+                    escape_control(&d.kind),
+                    escape_control(d.stage.as_deref().unwrap_or("")),
+                    escape_control(&d.channel)
                 );
                 if let Some(r) = &d.recipient {
-                    let _ = write!(out, " → {r}");
+                    let _ = write!(out, " → {}", escape_control(r));
                 }
-                let _ = write!(out, ": {}", d.status);
+                let _ = write!(out, ": {}", escape_control(&d.status));
                 if let Some(e) = &d.error {
-                    let _ = write!(out, " ({e})");
+                    let _ = write!(out, " ({})", escape_control(e));
                 }
                 out.push('\n');
             }
@@ -340,7 +341,7 @@ impl StatusReport {
                 (Ok(p), Some(d)) => format!(
                     "{p}, DOWN since {}: {}",
                     d.since.format("%Y-%m-%d %H:%M:%S UTC"),
-                    d.reason
+                    escape_control(&d.reason)
                 ),
                 (Ok(p), None) => format!("{p}, ok"),
             };
@@ -363,7 +364,14 @@ impl StatusReport {
             let _ = writeln!(out, "  none yet");
         }
         for c in &self.data.counts {
-            let _ = writeln!(out, "  {:<12} {:<10} {:<9} {}", c.kind, c.status, c.channel, c.count);
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<10} {:<9} {}",
+                escape_control(&c.kind),
+                escape_control(&c.status),
+                escape_control(&c.channel),
+                c.count
+            );
         }
         if !self.data.bad_inputs.is_empty() {
             let _ = writeln!(
@@ -383,11 +391,11 @@ impl StatusReport {
                     "  #{} {} {} {} {} {}: {}",
                     f.id,
                     f.at.format("%Y-%m-%dT%H:%M:%SZ"),
-                    f.kind,
-                    f.stage.as_deref().unwrap_or(""),
-                    f.channel,
-                    f.status,
-                    f.error.as_deref().unwrap_or("")
+                    escape_control(&f.kind),
+                    escape_control(f.stage.as_deref().unwrap_or("")),
+                    escape_control(&f.channel),
+                    escape_control(&f.status),
+                    escape_control(f.error.as_deref().unwrap_or(""))
                 );
             }
         }
@@ -411,11 +419,107 @@ pub fn seed_text(counts: &SeedCounts, reset: bool) -> String {
 }
 
 /// Writes a rendered result to stdout.
-#[allow(clippy::print_stdout)]
+///
+/// A stdout that is closed or full is not a failure of the command: by the time its report is
+/// printed, the command's work is done (messages sent, rows written), and exit code 1 would say
+/// that it could not run, so the exit code stays the command's own (0 for a completed pass).
+/// A reader that went away (`reminderctl status | head -1`) is normal and only logged at debug
+/// level; any other write error (a full disk) is a warning on stderr.
 pub fn emit(text: &str) {
-    print!("{text}");
-    if !text.ends_with('\n') {
-        println!();
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(text.as_bytes())
+        .and_then(|()| if text.ends_with('\n') { Ok(()) } else { out.write_all(b"\n") })
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            tracing::debug!("stdout was closed by its reader; the report was not printed");
+        }
+        Err(e) => tracing::warn!(
+            "cannot write the report to stdout: {e}; the command's work is done, and the exit \
+             code is not changed"
+        ),
+    }
+}
+
+/// Data (names, provider replies, errors) made safe for one line of human output: control
+/// characters, which could recolour the terminal, move the cursor or fake a line of the
+/// report, are shown escaped (`\n`, `\t`, `\r`, else `\u{1b}`), and so are the invisible
+/// marks that reorder text (bidi controls). Everything else, emoji included, is kept.
+pub fn escape_control(s: &str) -> Cow<'_, str> {
+    fn escaped(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(escaped) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if escaped(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_is_kept() {
+        assert!(matches!(escape_control("Budi Santoso 🕒 Rp 150.000"), Cow::Borrowed(_)));
+        assert_eq!(escape_control("a\x1b[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(escape_control("one\ntwo\tthree\r"), "one\\ntwo\\tthree\\r");
+        assert_eq!(escape_control("\u{7f}\u{9b}\u{0}"), "\\u{7f}\\u{9b}\\u{0}");
+        assert_eq!(escape_control("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+
+    #[test]
+    fn data_in_the_human_summary_cannot_reach_the_terminal_raw() {
+        let evil = "\x1b]0;pwned\x07\x1b[2J";
+        let report = PassReport {
+            command: "send",
+            now: DateTime::<Utc>::UNIX_EPOCH,
+            timezone: chrono_tz::Asia::Jakarta,
+            dry_run: false,
+            generate: None,
+            deliver: Some(DeliveryReport {
+                channels: vec![ChannelLine {
+                    channel: "whatsapp".into(),
+                    provider: Some("waha".into()),
+                    failed: 1,
+                    note: Some(format!("down: {evil}")),
+                    ..ChannelLine::default()
+                }],
+                details: vec![Detail {
+                    id: Some(7),
+                    kind: "dunning".into(),
+                    stage: Some("T-3".into()),
+                    channel: "whatsapp".into(),
+                    provider: Some("waha".into()),
+                    recipient: Some(format!("62812{evil}")),
+                    status: "failed".into(),
+                    error: Some(format!("provider said {evil}\nsecond line")),
+                    provider_message_id: None,
+                }],
+                ..DeliveryReport::default()
+            }),
+        };
+        let text = report.to_text();
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+        assert!(text.contains("provider said \\u{1b}]0;pwned\\u{7}"), "{text}");
+        assert!(text.contains("\\nsecond line"), "{text}");
+        assert!(text.contains("(down: \\u{1b}]0;pwned"), "{text}");
     }
 }
 

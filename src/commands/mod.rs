@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::channels::Registry;
 use crate::cli::{Command, Common};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::store::Store;
+use crate::templates::Templates;
 
 mod pass;
 mod seed;
@@ -39,29 +41,46 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
     }
 }
 
-/// Settings, clock and an open, migrated store: what every command starts from.
+/// Settings, checked templates, channels, clock and an open, migrated store: what every command
+/// starts from.
 pub(crate) struct Setup {
     pub settings: Settings,
+    pub templates: Templates,
+    pub registry: Registry,
     pub clock: Clock,
     pub store: Arc<dyn Store>,
 }
 
-pub(crate) async fn setup(
-    common: &Common,
-    mut env: HashMap<String, String>,
-) -> anyhow::Result<Setup> {
-    if let Some(url) = &common.database_url {
-        env.insert("DATABASE_URL".into(), url.clone());
+/// Everything the operator configured is checked here, before the database is opened: a
+/// mistake stops the command with one error naming the variable or file, and nothing is
+/// generated or sent.
+pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyhow::Result<Setup> {
+    let settings = Settings::load(&env, common.database_url.as_deref()).context("configuration")?;
+    // Said before the check: a misnamed file is an override that is silently not used.
+    if let Some(dir) = &settings.template_dir {
+        let known: Vec<&str> = Templates::names().collect();
+        for file in Templates::unknown_files(dir) {
+            tracing::warn!(
+                "{}: {} is not a template name and is ignored (known: {})",
+                dir.display(),
+                crate::report::escape_control(&file),
+                known.join(", ")
+            );
+        }
     }
-    let settings = Settings::from_env(&env).context("configuration")?;
+    let templates = Templates::load(settings.template_dir.as_deref())?;
+    let registry = Registry::from_settings(&settings).context("cannot set up the channels")?;
     let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
-    let store = crate::store::connect(&settings.database_url, settings.timezone)
+    let store = crate::store::connect(settings.database_url.expose(), settings.timezone)
         .await
-        .with_context(|| format!("cannot open the {} database", scheme(&settings.database_url)))?;
+        .with_context(|| format!("cannot open the {}", settings.database_url))?;
     if !common.no_migrate {
-        store.migrate().await.context("cannot apply database migrations")?;
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("cannot apply migrations to the {}", settings.database_url))?;
     }
-    Ok(Setup { settings, clock, store })
+    Ok(Setup { settings, templates, registry, clock, store })
 }
 
 impl Setup {
@@ -69,7 +88,7 @@ impl Setup {
     pub fn journal(&self) -> crate::deliver::journal::Journal {
         crate::deliver::journal::Journal::new(
             self.settings.journal_dir.clone(),
-            &self.settings.database_url,
+            self.settings.database_url.expose(),
         )
     }
 }
@@ -93,9 +112,4 @@ pub(crate) fn confirm(prompt: &str, yes: bool) -> anyhow::Result<()> {
         .context("cannot ask for confirmation")?;
     anyhow::ensure!(answer, "cancelled: nothing was sent");
     Ok(())
-}
-
-/// The database kind, for error messages: the URL itself may carry a password.
-fn scheme(url: &str) -> &str {
-    url.split(':').next().unwrap_or("configured")
 }

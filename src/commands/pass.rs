@@ -6,11 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::channels::Registry;
 use crate::cli::PassArgs;
 use crate::deliver::{Delivery, Stop};
 use crate::report::{emit, PassReport};
-use crate::templates::Templates;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -39,10 +37,8 @@ pub async fn run(
         generate: None,
         deliver: None,
     };
-    // Settings that cannot work fail the pass before it writes anything.
-    let templates =
-        Templates::load(settings.template_dir.as_deref()).context("cannot load templates")?;
-    let registry = Registry::from_settings(settings).context("cannot set up the channels")?;
+    // Settings, templates and channels were checked by `setup`, before the database opened.
+    let (templates, registry) = (&setup.templates, &setup.registry);
     // `--json` lists every message touched; the human summary shows the first few.
     let keep = if args.common.json { usize::MAX } else { crate::deliver::HUMAN_DETAILS };
     if mode != Mode::Send {
@@ -58,8 +54,8 @@ pub async fn run(
         let delivery = Delivery {
             store: setup.store.clone(),
             settings,
-            registry: &registry,
-            templates: &templates,
+            registry,
+            templates,
             clock: setup.clock,
             stop,
             all_details: args.common.json,

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::channels::Registry;
 use crate::cli::Common;
 use crate::config::{Settings, CHANNELS};
 use crate::report::{emit, StatusReport};
@@ -18,7 +17,7 @@ pub async fn run(
     let setup = super::setup(common, env).await?;
     let settings = &setup.settings;
     let now = setup.clock.start();
-    let registry = Registry::from_settings(settings).context("cannot set up the channels")?;
+    let registry = &setup.registry;
     let data = setup.store.status(now, i64::from(failures)).await.context("cannot read status")?;
     let report = StatusReport {
         now,

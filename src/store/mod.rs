@@ -14,14 +14,53 @@ use crate::domain::outbox::{Kind, Outcome};
 pub mod postgres;
 pub mod sqlite;
 
+/// A storage failure. Its `Display` is the whole reason, once: the driver's error is not also
+/// given as `source()`, because sqlx's own messages already repeat their causes, and an error
+/// chain printed as `what: why` would say everything two or three times.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0}")]
-    Database(#[from] sqlx::Error),
-    #[error("migrations failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{}", describe(.0))]
+    Database(sqlx::Error),
+    #[error("migrations failed: {}", describe_migrate(.0))]
+    Migrate(sqlx::migrate::MigrateError),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+/// What went wrong, without sqlx's "error returned from database: (code: 14)" framing.
+fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        sqlx::Error::Configuration(c) => format!("bad connection settings: {c}"),
+        sqlx::Error::PoolTimedOut => "timed out waiting for a database connection".into(),
+        sqlx::Error::Migrate(m) => describe_migrate(m),
+        other => other.to_string(),
+    }
+}
+
+fn describe_migrate(e: &sqlx::migrate::MigrateError) -> String {
+    use sqlx::migrate::MigrateError;
+    match e {
+        MigrateError::Execute(inner) => describe(inner),
+        MigrateError::ExecuteMigration(inner, version) => {
+            format!("migration {version}: {}", describe(inner))
+        }
+        other => other.to_string(),
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

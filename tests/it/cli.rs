@@ -36,18 +36,28 @@ async fn an_unreachable_database_exits_1_without_printing_its_password() {
 #[tokio::test]
 async fn bad_settings_exit_1_naming_the_variable() {
     let db = TestDb::sqlite().await;
-    for (var, value) in [
-        ("REMINDER_SEND_WINDOW", "25:00-26:00"),
-        ("REMINDER_TIMEZONE", "Mars/Olympus"),
-        ("REMINDER_WHATSAPP_RATE", "fast"),
-        ("DATABASE_URL", "mysql://localhost/x"),
-        ("TWILIO_ACCOUNT_SID", "AC123"),
+    // (variable, value, the variable the error must name): a half-configured provider names
+    // the setting that is missing, not the one that is present.
+    for (var, value, named) in [
+        ("REMINDER_SEND_WINDOW", "25:00-26:00", "REMINDER_SEND_WINDOW"),
+        ("REMINDER_TIMEZONE", "Mars/Olympus", "REMINDER_TIMEZONE"),
+        ("REMINDER_WHATSAPP_RATE", "fast", "REMINDER_WHATSAPP_RATE"),
+        ("REMINDER_CONCURRENCY", "0", "REMINDER_CONCURRENCY"),
+        ("DATABASE_URL", "mysql://localhost/x", "DATABASE_URL"),
+        ("TWILIO_ACCOUNT_SID", "AC123", "TWILIO_AUTH_TOKEN"),
+        ("WHATSAPP_PROVIDER", "whatsapp-web", "WHATSAPP_PROVIDER"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL"),
+        ("LOG_FORMAT", "jsonl", "LOG_FORMAT"),
     ] {
         let out = db.run(&["run"], &[(var, value)]).await;
         assert_eq!(out.status.code(), Some(1), "{var}={value}: {}", text(&out));
-        let all = text(&out);
-        assert!(all.starts_with("error: "), "{all}");
-        assert!(!all.contains("panicked"), "{all}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.starts_with(&format!("error: configuration: {named}: ")),
+            "{var}={value} must name {named}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(out.stdout.is_empty(), "{var}={value}");
     }
 }
 

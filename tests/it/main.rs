@@ -9,6 +9,7 @@ mod fallback;
 mod faults;
 mod guarantees;
 mod manual;
+mod operator;
 mod pass;
 mod providers;
 mod smtp;
