@@ -105,11 +105,19 @@ pub(crate) fn confirm(prompt: &str, yes: bool) -> anyhow::Result<()> {
             "refusing to send without confirmation: stdin is not a terminal (pass --yes to send)"
         );
     }
+    // Asked on the terminal itself, so that a redirected stdout or stderr (a log file, a pipe)
+    // neither hides the question nor makes the prompt fail.
+    let term = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .and_then(|tty| Ok(console::Term::read_write_pair(tty.try_clone()?, tty)))
+        .unwrap_or_else(|_| console::Term::stderr());
     let answer = dialoguer::Confirm::new()
         .with_prompt(prompt)
         .default(false)
-        .interact()
-        .context("cannot ask for confirmation")?;
+        .interact_on(&term)
+        .context("cannot ask for confirmation on the terminal")?;
     anyhow::ensure!(answer, "cancelled: nothing was sent");
     Ok(())
 }

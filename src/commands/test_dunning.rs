@@ -100,7 +100,7 @@ pub async fn run(
         let _ = writeln!(out, "✅ Customer created: {} (ID: {})", contact.name, contact.id);
     }
     let _ = writeln!(out, "🧾 Creating test invoice...");
-    let invoice = setup.store.create_invoice(contact.id, &number, TEST_AMOUNT, due).await?;
+    let invoice = setup.store.create_test_invoice(contact.id, &number, TEST_AMOUNT, due).await?;
     let _ = writeln!(out, "✅ Invoice created: {number}");
     let _ = writeln!(out, "📱 Sending dunning notification ({})...", stage.name);
     let rows: Vec<NewMessage> = channels

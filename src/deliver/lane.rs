@@ -208,7 +208,7 @@ async fn release(pass: &Pass<'_>, tally: &Tally, claimed: Claimed, reason: &str)
         channel: tally.channel(),
         attempts: claimed.row.as_ref().map_or(0, |r| r.attempts),
         request: None,
-        resolution: Resolution::Released { reason: reason.to_string() },
+        resolution: pass.settle(Resolution::Released { reason: reason.to_string() }),
         at: pass.clock.now(),
     };
     tally.count(&claimed, &outcome);
@@ -236,7 +236,7 @@ async fn sender(
                     channel: tally.channel(),
                     attempts: claimed.row.as_ref().map_or(0, |r| r.attempts),
                     request: None,
-                    resolution,
+                    resolution: pass.settle(resolution),
                     at: pass.clock.now(),
                 };
                 log_outcome(&claimed, &outcome);
@@ -300,6 +300,8 @@ pub(super) struct Sending {
     pub store: Arc<dyn crate::store::Store>,
     pub clock: crate::clock::Clock,
     pub max_attempts: u32,
+    /// A person asked for these now: nothing is left for a later pass.
+    pub manual: bool,
 }
 
 /// Sends one message, decides what follows, and holds the delivery slot until the result is
@@ -309,6 +311,7 @@ async fn send(ctx: Sending, claimed: Claimed, job: Job, permit: OwnedSemaphorePe
     let now = ctx.clock.now();
     let (answer, resolution) =
         policy::resolve(job.attempting(), result, ctx.max_attempts, now, rand::random::<f64>());
+    let resolution = if ctx.manual { policy::settle_manual(resolution) } else { resolution };
     let channel = job.row.channel;
     match (&answer, &resolution) {
         (Answer::Accepted, _) if !ctx.tally.seen_success.swap(true, Ordering::SeqCst) => {

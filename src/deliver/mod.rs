@@ -119,6 +119,19 @@ impl Pass<'_> {
             store: self.store.clone(),
             clock: self.clock,
             max_attempts: self.settings.max_attempts,
+            manual: self.manual,
+        }
+    }
+
+    /// What becomes of a message this round decided about without sending it.
+    fn settle(
+        &self,
+        resolution: crate::domain::outbox::Resolution,
+    ) -> crate::domain::outbox::Resolution {
+        if self.manual {
+            policy::settle_manual(resolution)
+        } else {
+            resolution
         }
     }
 }

@@ -92,6 +92,23 @@ fn with_fallback(m: Attempting<'_>, reason: String) -> (String, Option<ChannelKi
     }
 }
 
+/// A message a person asked for at a terminal (the test commands) is never left for cron to
+/// send later without asking anyone: whatever did not go out now ends here, with the reason.
+pub fn settle_manual(resolution: Resolution) -> Resolution {
+    match resolution {
+        Resolution::Retry { reason, .. } => Resolution::Failed {
+            reason: format!("not sent: {reason} (a test message is not retried)"),
+            fallback: None,
+        },
+        Resolution::Released { reason } => {
+            Resolution::Cancelled { reason: format!("not sent: {reason}") }
+        }
+        Resolution::Failed { reason, .. } => Resolution::Failed { reason, fallback: None },
+        Resolution::Skipped { reason, .. } => Resolution::Skipped { reason, fallback: None },
+        other => other,
+    }
+}
+
 /// `now + delay`, never overflowing whatever a provider asked for.
 pub fn after(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
     let delay = chrono::Duration::from_std(delay.min(MAX_DELAY)).unwrap_or(chrono::Duration::MAX);
@@ -171,6 +188,20 @@ mod tests {
         assert!(matches!(r, Resolution::Retry { at, .. } if (at - t0()).num_seconds() == 120));
         let (_, r) = resolve(message(0), limited(u64::MAX / 4), 3, t0(), 0.0);
         assert!(matches!(r, Resolution::Retry { at, .. } if (at - t0()).num_hours() == 24));
+    }
+
+    #[test]
+    fn a_test_message_that_did_not_go_out_is_never_left_for_cron() {
+        let retry =
+            Resolution::Retry { at: t0(), reason: "503".into(), cause: RetryCause::Transient };
+        assert_eq!(settle_manual(retry).status(), crate::domain::outbox::Status::Failed);
+        let released = Resolution::Released { reason: "stopped".into() };
+        assert_eq!(settle_manual(released).status(), crate::domain::outbox::Status::Cancelled);
+        let fell = failed(message(0), "bad number".into());
+        assert!(fell.fallback().is_some());
+        assert_eq!(settle_manual(fell).fallback(), None);
+        let sent = Resolution::Sent { provider_message_id: None };
+        assert_eq!(settle_manual(sent.clone()), sent);
     }
 
     proptest! {

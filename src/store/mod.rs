@@ -548,8 +548,9 @@ pub trait Store: Send + Sync {
     /// Inserts messages (`ON CONFLICT DO NOTHING`) and returns the new ids.
     async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>>;
 
-    /// The contact with this email address, or a new one named `name`; the phone is updated to
-    /// `phone` and email then WhatsApp become its channels. With `dry_run`, only looks it up.
+    /// The test contact with this email address, or a new one named `name`, marked as a test
+    /// contact: a customer with the same email is never touched. Its phone becomes `phone` and
+    /// email then WhatsApp its channels. With `dry_run`, only looks it up.
     async fn test_contact(
         &self,
         name: &str,
@@ -558,8 +559,8 @@ pub trait Store: Send + Sync {
         dry_run: bool,
     ) -> Result<Option<TestContact>>;
 
-    /// A new unpaid invoice; returns its id.
-    async fn create_invoice(
+    /// A new unpaid test invoice, which the rules never remind about; returns its id.
+    async fn create_test_invoice(
         &self,
         contact_id: i64,
         number: &str,

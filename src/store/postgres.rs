@@ -347,7 +347,7 @@ impl Store for PgStore {
                  i.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
                  {CHANNEL} AS channel, NULL::text AS body, NULL::text AS media_url \
              FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
-             WHERE i.status = 'unpaid' AND i.due_date BETWEEN $3 AND $4"
+             WHERE i.status = 'unpaid' AND NOT i.is_test AND i.due_date BETWEEN $3 AND $4"
         );
         let mut p = self.primary().await?;
         let rows = sqlx::query(&generation_sql("dunning", &source, dry_run, keep))
@@ -867,8 +867,8 @@ impl Store for PgStore {
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
         let found: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, name FROM contacts WHERE lower(email) = lower($1) ORDER BY id LIMIT 1 \
-             FOR UPDATE",
+            "SELECT id, name FROM contacts WHERE is_test AND lower(email) = lower($1) \
+             ORDER BY id LIMIT 1 FOR UPDATE",
         )
         .bind(email)
         .fetch_optional(&mut *tx)
@@ -881,7 +881,7 @@ impl Store for PgStore {
         let contact = if let Some((id, name)) = found {
             sqlx::query(
                 "UPDATE contacts SET phone = $2, channels = 'email,whatsapp', opted_out_at = NULL \
-                 WHERE id = $1",
+                 WHERE id = $1 AND is_test",
             )
             .bind(id)
             .bind(phone)
@@ -890,8 +890,8 @@ impl Store for PgStore {
             TestContact { id, name, existed: true }
         } else {
             let id = sqlx::query_scalar(
-                "INSERT INTO contacts (name, email, phone, channels) \
-                 VALUES ($1, $2, $3, 'email,whatsapp') RETURNING id",
+                "INSERT INTO contacts (name, email, phone, channels, is_test) \
+                 VALUES ($1, $2, $3, 'email,whatsapp', true) RETURNING id",
             )
             .bind(name)
             .bind(email)
@@ -905,7 +905,7 @@ impl Store for PgStore {
         Ok(Some(contact))
     }
 
-    async fn create_invoice(
+    async fn create_test_invoice(
         &self,
         contact_id: i64,
         number: &str,
@@ -913,8 +913,8 @@ impl Store for PgStore {
         due: NaiveDate,
     ) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO invoices (contact_id, number, amount, due_date) VALUES ($1, $2, $3, $4) \
-             RETURNING id",
+            "INSERT INTO invoices (contact_id, number, amount, due_date, is_test) \
+             VALUES ($1, $2, $3, $4, true) RETURNING id",
         )
         .bind(contact_id)
         .bind(number)

@@ -646,11 +646,12 @@ impl Store for SqliteStore {
         };
         let source = format!(
             "{} FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
-             WHERE i.status = 'unpaid' AND date(i.due_date) BETWEEN ?3 AND ?4 AND NOT {} \
+             WHERE i.status = 'unpaid' AND i.is_test = 0 AND date(i.due_date) BETWEEN ?3 AND ?4 \
+               AND NOT {} \
              UNION ALL \
              {} FROM json_each(?5) f JOIN invoices i ON i.id = CAST(f.key AS INTEGER) \
              LEFT JOIN contacts c ON c.id = i.contact_id \
-             WHERE i.status = 'unpaid' AND f.value BETWEEN ?3 AND ?4",
+             WHERE i.status = 'unpaid' AND i.is_test = 0 AND f.value BETWEEN ?3 AND ?4",
             columns("date(i.due_date)"),
             odd_date("i.due_date"),
             columns("f.value"),
@@ -1211,7 +1212,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<TestContact>> {
         let mut w = Writer::begin(&self.pool).await?;
         let found: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, name FROM contacts WHERE lower(email) = lower(?1) ORDER BY id LIMIT 1",
+            "SELECT id, name FROM contacts WHERE is_test = 1 AND lower(email) = lower(?1) \
+             ORDER BY id LIMIT 1",
         )
         .bind(email)
         .fetch_optional(w.conn())
@@ -1222,7 +1224,7 @@ impl Store for SqliteStore {
         let contact = if let Some((id, name)) = found {
             sqlx::query(
                 "UPDATE contacts SET phone = ?2, channels = 'email,whatsapp', opted_out_at = NULL \
-                 WHERE id = ?1",
+                 WHERE id = ?1 AND is_test = 1",
             )
             .bind(id)
             .bind(phone)
@@ -1231,8 +1233,8 @@ impl Store for SqliteStore {
             TestContact { id, name, existed: true }
         } else {
             let id = sqlx::query_scalar(
-                "INSERT INTO contacts (name, email, phone, channels) \
-                 VALUES (?1, ?2, ?3, 'email,whatsapp') RETURNING id",
+                "INSERT INTO contacts (name, email, phone, channels, is_test) \
+                 VALUES (?1, ?2, ?3, 'email,whatsapp', 1) RETURNING id",
             )
             .bind(name)
             .bind(email)
@@ -1245,7 +1247,7 @@ impl Store for SqliteStore {
         Ok(Some(contact))
     }
 
-    async fn create_invoice(
+    async fn create_test_invoice(
         &self,
         contact_id: i64,
         number: &str,
@@ -1253,8 +1255,8 @@ impl Store for SqliteStore {
         due: NaiveDate,
     ) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO invoices (contact_id, number, amount, due_date) \
-             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+            "INSERT INTO invoices (contact_id, number, amount, due_date, is_test) \
+             VALUES (?1, ?2, ?3, ?4, 1) RETURNING id",
         )
         .bind(contact_id)
         .bind(number)

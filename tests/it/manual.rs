@@ -108,3 +108,106 @@ async fn dunning_body(db: &TestDb) {
     let doc = db.pass(&["run", "--now", "2025-11-15T10:05:00+07:00"], &env).await;
     assert_eq!(doc["generated"], 0, "{doc}");
 }
+
+both!(test_dunning_never_touches_a_real_customer_with_the_same_email, real_customer_body);
+async fn real_customer_body(db: &TestDb) {
+    db.exec(
+        "INSERT INTO contacts (name, phone, email, channels, opted_out_at) VALUES \
+         ('Dimas Asli', '081111111111', 'dimas@example.com', 'telegram', \
+          '2025-11-01T00:00:00+07:00')",
+    )
+    .await;
+    let server = twilio_ok().await;
+    let mut env = twilio_env(&server.uri());
+    env.push(("MAIL_MAILER", "log".into()));
+    let env = pairs(&env);
+    let now = "2025-11-15T10:00:00+07:00";
+    let args = ["test-dunning", "--yes", "--now", now, "dimas@example.com", "085707211646"];
+    let out = db.run(&args, &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("✅ Customer created: Pelanggan Uji"), "{}", text(&out));
+    // The customer is exactly as the app left them.
+    let real = "SELECT phone || '|' || channels || '|' || CAST(opted_out_at IS NOT NULL AS TEXT) \
+                FROM contacts WHERE name = 'Dimas Asli'";
+    let expected =
+        if db.is_postgres() { "081111111111|telegram|true" } else { "081111111111|telegram|1" };
+    assert_eq!(db.text(real).await.as_deref(), Some(expected));
+    assert_eq!(db.int("SELECT count(*) FROM contacts").await, 2);
+    // The test invoice is never reminded by the rules, whatever day cron runs.
+    for day in
+        ["2025-11-15T10:05:00+07:00", "2025-11-17T09:00:00+07:00", "2025-11-21T09:00:00+07:00"]
+    {
+        let doc = db.pass(&["run", "--now", day], &env).await;
+        assert_eq!(doc["generated"], 0, "{day}: {doc}");
+    }
+    assert_eq!(server.received_requests().await.unwrap_or_default().len(), 1);
+}
+
+both!(a_test_message_that_was_not_sent_is_failed_not_left_for_cron, unsent_body);
+async fn unsent_body(db: &TestDb) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&server).await;
+    let env = twilio_env(&server.uri());
+    let out = db
+        .run(&["test-whatsapp", "--yes", "085707211646", "Halo, test WhatsApp!"], &pairs(&env))
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("❌ WhatsApp not sent: failed"), "{}", text(&out));
+    assert_eq!(db.text("SELECT status FROM messages").await.as_deref(), Some("failed"));
+    let error = db.text("SELECT last_error FROM messages").await.unwrap_or_default();
+    assert!(error.contains("not sent") && error.contains("503"), "{error}");
+    // Cron, an hour later, does not send it without asking anyone.
+    let ok = twilio_ok().await;
+    let doc = db
+        .pass(&["run", "--now", "2099-01-01T09:00:00+07:00"], &pairs(&twilio_env(&ok.uri())))
+        .await;
+    assert_eq!(doc["sent"], 0, "{doc}");
+    assert!(ok.received_requests().await.unwrap_or_default().is_empty());
+}
+
+#[tokio::test]
+async fn the_prompt_works_when_only_stdin_is_a_terminal() {
+    use tokio::io::AsyncWriteExt as _;
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        assert!(!crate::helpers::under_ci(), "`script` (util-linux) is missing under CI");
+        return;
+    }
+    let db = TestDb::sqlite().await;
+    let server = twilio_ok().await;
+    // `script` gives the command a terminal; its stdout and stderr go to files, as under a
+    // wrapper that logs them.
+    let bin = env!("CARGO_BIN_EXE_reminderctl");
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!("'{bin}' test-whatsapp 085707211646 'Halo' >out.txt 2>err.txt"),
+        "/dev/null",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env("DATABASE_URL", &db.url)
+    .current_dir(db.dir.path())
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    for (k, v) in twilio_env(&server.uri()) {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("script");
+    let mut stdin = child.stdin.take().expect("stdin");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    stdin.write_all(b"y").await.expect("answer");
+    stdin.flush().await.expect("flush");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the command finished")
+        .expect("script");
+    let terminal = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = std::fs::read_to_string(db.dir.path().join("out.txt")).unwrap_or_default();
+    assert!(
+        terminal.contains("Send this WhatsApp message now?"),
+        "asked on the terminal: {terminal}"
+    );
+    assert!(stdout.contains("✅ WhatsApp sent via twilio"), "{stdout}\n{terminal}");
+    assert_eq!(server.received_requests().await.unwrap_or_default().len(), 1);
+}
