@@ -66,6 +66,9 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     pub timezone: Tz,
     pub send_window: SendWindow,
+    /// When scheduled messages may go out (`REMINDER_SCHEDULED_SEND_WINDOW`); `None` is at their
+    /// chosen time, whatever the hour: a person picked it.
+    pub scheduled_window: Option<SendWindow>,
     pub whatsapp: Option<WhatsApp>,
     pub telegram: Option<Telegram>,
     pub email: Option<Email>,
@@ -163,6 +166,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "DATABASE_URL",
     "REMINDER_TIMEZONE",
     "REMINDER_SEND_WINDOW",
+    "REMINDER_SCHEDULED_SEND_WINDOW",
     "REMINDER_WHATSAPP_RATE",
     "REMINDER_TELEGRAM_RATE",
     "REMINDER_EMAIL_RATE",
@@ -402,6 +406,12 @@ impl Settings {
             database_url,
             timezone,
             send_window,
+            scheduled_window: match get("REMINDER_SCHEDULED_SEND_WINDOW") {
+                None => None,
+                Some(s) => Some(
+                    SendWindow::parse(s).map_err(|e| bad("REMINDER_SCHEDULED_SEND_WINDOW", e))?,
+                ),
+            },
             whatsapp: whatsapp(&get)?,
             telegram: telegram(&get)?,
             email: email(&get, request_timeout)?,

@@ -7,7 +7,7 @@ use chrono_tz::Tz;
 
 use crate::config::Settings;
 use crate::domain::outbox::DedupKey;
-use crate::domain::recurrence::{next_occurrence, Recurrence};
+use crate::domain::recurrence::{latest_occurrence, next_occurrence, Recurrence};
 use crate::store::{BadValue, GenRow, ScheduledAdvance, Store, StoreError};
 
 /// Scheduled messages are read in pages of this many.
@@ -94,6 +94,11 @@ pub async fn generate(
                 // The table's CHECK keeps recurrence valid; an unknown value ends the series
                 // after this occurrence rather than failing the pass.
                 let recurrence = d.recurrence.parse().unwrap_or(Recurrence::None);
+                // After an outage the occurrence worth sending is the latest one that has come;
+                // the older ones were overtaken by it and are skipped, not flooded.
+                let occurrence =
+                    latest_occurrence(d.scheduled_at, recurrence, now, settings.timezone)
+                        .map_or(d.run_at, |latest| latest.max(d.run_at));
                 ScheduledAdvance {
                     id: d.id,
                     run_at: d.run_at,
@@ -104,7 +109,7 @@ pub async fn generate(
                         now,
                         settings.timezone,
                     ),
-                    dedup_key: DedupKey::scheduled(d.id, d.run_at),
+                    dedup_key: DedupKey::scheduled(d.id, occurrence),
                     stage: match recurrence {
                         Recurrence::None => "once".to_string(),
                         other => other.as_str().to_string(),

@@ -37,6 +37,21 @@ pub const DUNNING_VARIABLES: [&str; 10] = [
 pub const MAINTENANCE_VARIABLES: [&str; 6] =
     ["name", "plate_no", "visit_date", "days_until_visit", "sender_name", "service_phone"];
 
+/// What a scheduled message's text (body or caption) can use: its contact's fields.
+pub const SCHEDULED_VARIABLES: [&str; 6] =
+    ["name", "phone", "email", "telegram_chat_id", "sender_name", "service_phone"];
+
+/// The contact's fields, for a scheduled message's text.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ContactVars {
+    pub name: String,
+    pub phone: String,
+    pub email: String,
+    pub telegram_chat_id: String,
+    pub sender_name: String,
+    pub service_phone: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("REMINDER_TEMPLATE_DIR: {} {problem}", path.display())]
@@ -216,6 +231,39 @@ impl Templates {
         })
     }
 
+    /// Checks a scheduled message's text before it is stored: it must parse, name only the
+    /// contact's fields, and render. The error says what is wrong and what is known.
+    pub fn check_text(&self, text: &str) -> Result<(), String> {
+        if !has_tags(text) {
+            return Ok(());
+        }
+        let template = self.env.template_from_str(text).map_err(|e| describe_at(&e))?;
+        let mut unknown: Vec<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|v| !SCHEDULED_VARIABLES.contains(&v.as_str()))
+            .collect();
+        unknown.sort();
+        if let Some(v) = unknown.first() {
+            return Err(format!(
+                "undefined variable '{}' (known: {})",
+                crate::report::escape_control(v),
+                SCHEDULED_VARIABLES.join(", ")
+            ));
+        }
+        template.render(ContactVars::default()).map(|_| ()).map_err(|e| describe_at(&e))
+    }
+
+    /// A scheduled message's text for its contact. A text written into the table directly with
+    /// an unknown variable is an error naming it (the message fails with that reason).
+    pub fn render_text(&self, text: &str, vars: &ContactVars) -> Result<String, String> {
+        if !has_tags(text) {
+            return Ok(text.to_string());
+        }
+        self.check_text(text)?;
+        self.env.render_str(text, vars).map_err(|e| describe_at(&e))
+    }
+
     /// A dunning reminder: the "will be due" text before the due date, the overdue text after.
     pub fn dunning(&self, vars: &DunningVars, overdue: bool) -> Result<Rendered, TemplateError> {
         self.render(if overdue { "dunning_overdue" } else { "dunning_before" }, vars)
@@ -223,6 +271,19 @@ impl Templates {
 
     pub fn maintenance(&self, vars: &MaintenanceVars) -> Result<Rendered, TemplateError> {
         self.render("maintenance", vars)
+    }
+}
+
+/// Whether a text uses the template language at all; most scheduled texts do not.
+fn has_tags(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%") || text.contains("{#")
+}
+
+/// A minijinja error with its line, for a text that is not a file.
+fn describe_at(e: &minijinja::Error) -> String {
+    match e.line() {
+        Some(line) if line > 1 => format!("line {line}: {}", describe(e)),
+        _ => describe(e),
     }
 }
 
@@ -383,6 +444,19 @@ mod tests {
             sender_name: "Tim Wikarta Provider".into(),
             service_phone: String::new(),
         }
+    }
+
+    #[test]
+    fn a_scheduled_text_may_use_the_contacts_fields_and_nothing_else() {
+        let t = Templates::load(None).unwrap();
+        let vars = ContactVars { name: "Budi".into(), ..ContactVars::default() };
+        assert_eq!(t.render_text("Halo {{ name }}!", &vars).unwrap(), "Halo Budi!");
+        assert_eq!(t.render_text("Harga {100}", &vars).unwrap(), "Harga {100}");
+        let e = t.check_text("Halo {{ nama_pelanggan }}").unwrap_err();
+        assert!(e.contains("'nama_pelanggan'") && e.contains("known: name, phone"), "{e}");
+        assert!(t.render_text("Halo {{ nama }}", &vars).unwrap_err().contains("'nama'"));
+        assert!(t.check_text("{% if %}").is_err());
+        assert!(t.check_text("{{ name | titel }}").unwrap_err().contains("titel"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::tally::Tally;
 use super::{policy, Pass};
 use crate::channels::Channel;
 use crate::domain::channel::ChannelKind;
-use crate::domain::outbox::{Answer, Outcome, Request, Resolution};
+use crate::domain::outbox::{Answer, Kind, Outcome, Request, Resolution};
 use crate::store::{ClaimRequest, Claimed};
 
 /// Most messages claimed at once.
@@ -77,9 +77,6 @@ fn must_stop(pass: &Pass<'_>, tally: &Tally) -> Option<String> {
     if let Some(note) = tally.paused() {
         return Some(note.to_string());
     }
-    if !pass.manual && !pass.window_open() {
-        return Some("the send window closed during the pass".into());
-    }
     None
 }
 
@@ -100,6 +97,13 @@ async fn claimer(
         }
         if let Some(reason) = must_stop(pass, tally) {
             tally.pause(reason);
+            return;
+        }
+        // Outside the rules' send window only scheduled messages are claimed; outside both,
+        // nothing is.
+        let rules_open = pass.manual || pass.window_open_for(Kind::Dunning);
+        if !rules_open && !pass.window_open_for(Kind::Scheduled) {
+            tally.note("the send window closed during the pass");
             return;
         }
         let Some(left) = pass.deadline.checked_duration_since(Instant::now()) else { return };
@@ -129,6 +133,7 @@ async fn claimer(
             token: &pass.token,
             now: pass.clock.now(),
             lease,
+            only_scheduled: !rules_open,
         };
         let claimed = match pass.store.claim(&request).await {
             Ok(c) => c,
@@ -229,7 +234,7 @@ async fn sender(
         if let (Some(d), true) = (drained, queue.is_empty()) {
             d.notify_one();
         }
-        let job = match prepare(&claimed, &pass.rules, pass.today()) {
+        let job = match prepare(&claimed, &pass.rules, pass.clock.now()) {
             Prepared::Done(resolution) => {
                 let outcome = Outcome {
                     id: claimed.id(),
@@ -263,6 +268,16 @@ async fn sender(
             }
         }
         let mut stop = must_stop(pass, tally);
+        let kind = claimed.row.as_ref().map_or(Kind::Dunning, |r| r.kind);
+        if stop.is_none() && !pass.manual && !pass.window_open_for(kind) {
+            // The window closed while this one waited: it waits for the window, the lane goes
+            // on with what may still go out.
+            let reason = "the send window closed during the pass";
+            tally.note(reason);
+            release(pass, tally, claimed, reason).await;
+            drop(permit);
+            continue;
+        }
         // A send must be able to finish inside the lease, or another pass could take the
         // message over while its request is still in flight.
         if stop.is_none()

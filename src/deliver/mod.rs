@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::NaiveDate;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::channels::{Channel, Registry};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::domain::channel::ChannelKind;
+use crate::domain::outbox::Kind;
 use crate::report::{ChannelLine, DeliveryReport, Detail};
 use crate::store::{Store, StoreError};
 use crate::templates::Templates;
@@ -102,13 +102,10 @@ pub(crate) struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    fn window_open(&self) -> bool {
-        let local = self.clock.now().with_timezone(&self.settings.timezone);
-        self.settings.send_window.contains(local.time())
-    }
-
-    fn today(&self) -> NaiveDate {
-        self.clock.now().with_timezone(&self.settings.timezone).date_naive()
+    /// Whether a message of this kind may go out now (business clock): the rules' reminders in
+    /// `REMINDER_SEND_WINDOW`, scheduled messages in `REMINDER_SCHEDULED_SEND_WINDOW` when set.
+    fn window_open_for(&self, kind: Kind) -> bool {
+        windows_open(self.settings, self.clock)[usize::from(kind == Kind::Scheduled)]
     }
 
     fn sending(&self, provider: Arc<dyn Channel>, tally: Arc<Tally>) -> lane::Sending {
@@ -144,6 +141,7 @@ impl Delivery<'_> {
             max_attempts: self.settings.max_attempts,
             sender_name: self.settings.sender_name.as_deref().unwrap_or_default(),
             service_phone: self.settings.service_phone.as_deref().unwrap_or_default(),
+            timezone: self.settings.timezone,
         }
     }
 
@@ -160,7 +158,7 @@ impl Delivery<'_> {
         let window = self.settings.send_window;
         (!window.contains(local.time())).then(|| {
             format!(
-                "outside the send window {window} ({} {}); messages wait until {}",
+                "outside the send window {window} ({} {}); reminders wait until {}",
                 local.format("%H:%M"),
                 self.settings.timezone,
                 window.next_open(local.naive_local()).format("%Y-%m-%d %H:%M"),
@@ -192,13 +190,16 @@ impl Delivery<'_> {
             return Ok(report);
         }
         report.window_closed = self.window_note();
+        let [_, scheduled_open] = windows_open(self.settings, self.clock);
         let now = self.clock.now();
         let mut lines: Vec<ChannelLine> = Vec::new();
         let mut details: Vec<Detail> = Vec::new();
         let mut round: Vec<(ChannelKind, Arc<dyn Channel>)> = Vec::new();
         for channel in ChannelKind::ALL {
             match self.registry.get(channel.as_str()) {
-                Some(provider) if report.window_closed.is_none() => round.push((channel, provider)),
+                Some(provider) if report.window_closed.is_none() || scheduled_open => {
+                    round.push((channel, provider));
+                }
                 provider => {
                     let waiting = self.store.count_due(channel, now).await?;
                     let name = provider.map(|p| p.provider().to_string());
@@ -399,6 +400,15 @@ impl Delivery<'_> {
         }
         Ok(report)
     }
+}
+
+/// Whether the rules' send window and the scheduled messages' window are open now.
+fn windows_open(settings: &Settings, clock: Clock) -> [bool; 2] {
+    let local = clock.now().with_timezone(&settings.timezone).time();
+    [
+        settings.send_window.contains(local),
+        settings.scheduled_window.is_none_or(|w| w.contains(local)),
+    ]
 }
 
 /// A claim token unique to this pass: every write after the claim must present it.

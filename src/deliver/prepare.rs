@@ -2,16 +2,17 @@
 //! moved, stage over, opted out), render its text and address it. Pure: the claim brought every
 //! value this needs, each decoded on its own, so a bad value fails only its own message.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
 
 use super::policy::{self, Attempting};
 use crate::channels::OutboundMessage;
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::{first_group, ChannelKind};
 use crate::domain::dunning::DunningPolicy;
-use crate::domain::outbox::{Kind, Resolution};
+use crate::domain::outbox::{Kind, Resolution, RetryCause};
 use crate::domain::{format, phone};
-use crate::store::{BadValue, Cell, Claimed, ClaimedRow, ContactRow};
-use crate::templates::{DunningVars, MaintenanceVars, Rendered, Templates};
+use crate::store::{BadValue, Cell, Claimed, ClaimedRow, ContactRow, ScheduledRow};
+use crate::templates::{ContactVars, DunningVars, MaintenanceVars, Rendered, Templates};
 
 /// Longest text any channel is handed; a longer one is a data error, not a message.
 pub const MAX_BODY_CHARS: usize = 65_536;
@@ -23,6 +24,7 @@ pub struct Rules<'a> {
     pub max_attempts: u32,
     pub sender_name: &'a str,
     pub service_phone: &'a str,
+    pub timezone: Tz,
 }
 
 /// A message ready for its provider.
@@ -65,15 +67,20 @@ fn bad_value(bad: &BadValue) -> Resolution {
     Resolution::Failed { reason: bad.to_string(), fallback: None }
 }
 
-/// Re-checks and renders one claimed message as of `today` (business clock).
-pub fn prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Prepared {
-    match try_prepare(claimed, rules, today) {
+/// Re-checks and renders one claimed message as of `now` (business clock).
+pub fn prepare(claimed: &Claimed, rules: &Rules<'_>, now: DateTime<Utc>) -> Prepared {
+    match try_prepare(claimed, rules, now) {
         Ok(job) => Prepared::Send(Box::new(job)),
         Err(resolution) => Prepared::Done(resolution),
     }
 }
 
-fn try_prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Result<Job, Resolution> {
+fn try_prepare(
+    claimed: &Claimed,
+    rules: &Rules<'_>,
+    now: DateTime<Utc>,
+) -> Result<Job, Resolution> {
+    let today = now.with_timezone(&rules.timezone).date_naive();
     let row = match &claimed.row {
         Ok(row) => row,
         Err((_, reason)) => {
@@ -120,7 +127,11 @@ fn try_prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Result
             fallback: None,
         });
     };
-    let preference = value(&contact.channels)?;
+    // A scheduled message falls back along its own channel spec; a rule's along the contact's.
+    let preference = match (&claimed.scheduled, row.kind) {
+        (Some(s), Kind::Scheduled) => value(&s.channel)?,
+        _ => value(&contact.channels)?,
+    };
     let attempting = Attempting {
         kind: row.kind,
         channel: row.channel,
@@ -131,10 +142,19 @@ fn try_prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Result
         return Err(Resolution::Skipped { reason: "contact opted out".into(), fallback: None });
     }
     let name = value(&contact.name)?.unwrap_or_default();
+    let mut media_url = row.media_url.clone();
     let (rendered, was_rendered) = match row.kind {
         Kind::Dunning => (dunning(claimed, row, rules, today, name)?, true),
         Kind::Maintenance => (maintenance(claimed, row, rules, today, name)?, true),
-        Kind::Scheduled | Kind::Test => (
+        Kind::Scheduled => {
+            let Some(scheduled) = &claimed.scheduled else {
+                return Err(cancelled("the scheduled message was deleted"));
+            };
+            let (body, media) = scheduled_text(scheduled, row, contact, rules, now, &attempting)?;
+            media_url = media;
+            (Rendered { subject: row.subject.clone().unwrap_or_default(), body }, true)
+        }
+        Kind::Test => (
             Rendered {
                 subject: row.subject.clone().unwrap_or_default(),
                 body: row.body.clone().unwrap_or_default(),
@@ -142,7 +162,7 @@ fn try_prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Result
             false,
         ),
     };
-    if rendered.body.trim().is_empty() && row.media_url.is_none() {
+    if rendered.body.trim().is_empty() && media_url.is_none() {
         return Err(Resolution::Failed { reason: "the message is empty".into(), fallback: None });
     }
     let length = rendered.body.chars().count();
@@ -170,11 +190,69 @@ fn try_prepare(claimed: &Claimed, rules: &Rules<'_>, today: NaiveDate) -> Result
             recipient,
             subject: (!rendered.subject.is_empty()).then_some(rendered.subject),
             body: rendered.body,
-            media_url: row.media_url.clone(),
+            media_url,
         },
         rendered: was_rendered,
         preference,
     })
+}
+
+/// A scheduled message as its row is now: cancelled or deleted after it was queued means it is
+/// not sent; a one-off moved later waits; a changed channel carries it to the new one; the body,
+/// caption and media sent are the current ones, with the contact's fields filled in.
+fn scheduled_text(
+    s: &ScheduledRow,
+    row: &ClaimedRow,
+    contact: &ContactRow,
+    rules: &Rules<'_>,
+    now: DateTime<Utc>,
+    attempting: &Attempting<'_>,
+) -> Result<(String, Option<String>), Resolution> {
+    let status = value(&s.status)?.unwrap_or_default();
+    if status == "cancelled" {
+        return Err(cancelled("the scheduled message was cancelled"));
+    }
+    let recurrence = value(&s.recurrence)?.unwrap_or_default();
+    if matches!(recurrence.trim(), "" | "none") {
+        if let Some(at) = value(&s.scheduled_at)? {
+            if at > now {
+                return Err(Resolution::Retry {
+                    at,
+                    reason: format!(
+                        "moved to {}; it waits for its new time",
+                        at.with_timezone(&rules.timezone).format("%Y-%m-%d %H:%M")
+                    ),
+                    cause: RetryCause::Rescheduled,
+                });
+            }
+        }
+    }
+    let spec = value(&s.channel)?.filter(|c| !c.trim().is_empty());
+    let group = first_group(spec.as_deref().unwrap_or("whatsapp"));
+    if !group.contains(&row.channel) {
+        let shown = crate::store::shown(spec.as_deref().unwrap_or(""));
+        return Err(Resolution::Skipped {
+            reason: format!("the scheduled message's channel changed to '{shown}'"),
+            fallback: group.first().copied().filter(|_| attempting.kind != Kind::Test),
+        });
+    }
+    let body = value(&s.body)?.filter(|b| !b.trim().is_empty());
+    let caption = value(&s.caption)?.filter(|c| !c.trim().is_empty());
+    let media = value(&s.media_url)?.filter(|m| !m.trim().is_empty());
+    let text = body.or(caption).unwrap_or_default();
+    let vars = ContactVars {
+        name: value(&contact.name)?.unwrap_or_default(),
+        phone: value(&contact.phone)?.unwrap_or_default(),
+        email: value(&contact.email)?.unwrap_or_default(),
+        telegram_chat_id: value(&contact.telegram_chat_id)?.unwrap_or_default(),
+        sender_name: rules.sender_name.to_string(),
+        service_phone: rules.service_phone.to_string(),
+    };
+    let body = rules.templates.render_text(&text, &vars).map_err(|e| Resolution::Failed {
+        reason: format!("scheduled_messages {} body: {e}", s.id),
+        fallback: None,
+    })?;
+    Ok((body, media))
 }
 
 fn cancelled(reason: impl Into<String>) -> Resolution {
@@ -349,6 +427,7 @@ mod tests {
                 status: Ok(Some("unpaid".into())),
             }),
             vehicle: None,
+            scheduled: None,
         }
     }
 
@@ -361,8 +440,10 @@ mod tests {
             max_attempts: 3,
             sender_name: "Tim",
             service_phone: "",
+            timezone: chrono_tz::Asia::Jakarta,
         };
-        prepare(c, &rules, d(today))
+        let now = d(today).and_hms_opt(2, 0, 0).unwrap().and_utc();
+        prepare(c, &rules, now)
     }
 
     fn done(p: Prepared) -> Resolution {

@@ -56,16 +56,28 @@ impl FromStr for ChannelKind {
     }
 }
 
-/// The channel after `current` in a contact's ordered preference (`whatsapp,email`), if any.
-/// Names that are not channels are passed over: they were reported when the row was generated.
-pub fn next_channel(preference: Option<&str>, current: ChannelKind) -> Option<ChannelKind> {
-    let list: Vec<ChannelKind> = preference
-        .unwrap_or_default()
+/// A channel preference (SPEC §10): `,` separates fallbacks, tried in order, and `+` joins
+/// channels that all get the reminder. `whatsapp+email,telegram` sends on WhatsApp and email,
+/// and falls back to Telegram for whichever of the two failed. Names that are not channels are
+/// passed over here: generation reported them on the message.
+pub fn groups(preference: &str) -> Vec<Vec<ChannelKind>> {
+    preference
         .split(',')
-        .filter_map(|c| c.parse::<ChannelKind>().ok())
-        .collect();
-    let at = list.iter().position(|c| *c == current)?;
-    list.into_iter().skip(at + 1).find(|c| *c != current)
+        .map(|group| group.split('+').filter_map(|c| c.parse::<ChannelKind>().ok()).collect())
+        .collect()
+}
+
+/// The channels that get the reminder first: the preference's first group.
+pub fn first_group(preference: &str) -> Vec<ChannelKind> {
+    groups(preference).into_iter().next().unwrap_or_default()
+}
+
+/// Where a reminder that failed on `current` goes next: the first channel of a later group than
+/// the one `current` is in, if any.
+pub fn next_channel(preference: Option<&str>, current: ChannelKind) -> Option<ChannelKind> {
+    let groups = groups(preference.unwrap_or_default());
+    let at = groups.iter().position(|g| g.contains(&current))?;
+    groups.into_iter().skip(at + 1).flatten().find(|c| *c != current)
 }
 
 #[cfg(test)]
@@ -93,5 +105,18 @@ mod tests {
         assert_eq!(next_channel(Some("email"), WhatsApp), None);
         assert_eq!(next_channel(None, WhatsApp), None);
         assert_eq!(next_channel(Some("whatsapp,whatsapp"), WhatsApp), None);
+    }
+
+    #[test]
+    fn plus_joins_channels_and_comma_falls_back() {
+        use ChannelKind::{Email, Telegram, WhatsApp};
+        assert_eq!(first_group("whatsapp+email,telegram"), vec![WhatsApp, Email]);
+        assert_eq!(first_group(" WhatsApp + email\n"), vec![WhatsApp, Email]);
+        assert_eq!(next_channel(Some("whatsapp+email,telegram"), WhatsApp), Some(Telegram));
+        assert_eq!(next_channel(Some("whatsapp+email,telegram"), Email), Some(Telegram));
+        assert_eq!(next_channel(Some("whatsapp+email,telegram"), Telegram), None);
+        assert_eq!(next_channel(Some("email,whatsapp+telegram"), Email), Some(WhatsApp));
+        assert!(first_group(",email").is_empty());
+        assert_eq!(groups("sms,email"), vec![vec![], vec![Email]]);
     }
 }

@@ -144,6 +144,8 @@ pub enum RetryCause {
     RateLimited,
     /// The whole channel is down (credentials, session, quota).
     ChannelDown,
+    /// Its subject moved it to a later time (a scheduled message edited after it was queued).
+    Rescheduled,
 }
 
 /// The decision about one claimed message. Every path through delivery ends in exactly one.
@@ -204,6 +206,7 @@ impl Resolution {
             Self::Retry { cause: RetryCause::Transient, .. } => "transient",
             Self::Retry { cause: RetryCause::RateLimited, .. } => "rate_limited",
             Self::Retry { cause: RetryCause::ChannelDown, .. } => "channel_down",
+            Self::Retry { cause: RetryCause::Rescheduled, .. } => "rescheduled",
             Self::Failed { .. } => "failed",
             Self::Skipped { .. } => "skipped",
             Self::Cancelled { .. } => "cancelled",

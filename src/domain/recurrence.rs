@@ -118,6 +118,48 @@ pub fn next_occurrence(
     None
 }
 
+/// The last occurrence at or before `at` of a series anchored at `anchor`, or `None` before the
+/// anchor (and for [`Recurrence::None`], whose only occurrence is the anchor itself, `Some`
+/// once it has come). After an outage this is the occurrence worth sending: older ones were
+/// overtaken by it.
+pub fn latest_occurrence(
+    anchor: DateTime<Utc>,
+    recurrence: Recurrence,
+    at: DateTime<Utc>,
+    tz: Tz,
+) -> Option<DateTime<Utc>> {
+    if anchor > at {
+        return None;
+    }
+    if recurrence == Recurrence::None {
+        return Some(anchor);
+    }
+    // The occurrence just before the first one after `at`: step from the anchor's side.
+    let next = next_occurrence(anchor, recurrence, at, tz)?;
+    let anchor_local = to_local(anchor, tz)?;
+    let (anchor_date, time) = (anchor_local.date(), anchor_local.time());
+    let next_local = to_local(next, tz)?;
+    let estimate = match recurrence {
+        Recurrence::None => return Some(anchor),
+        Recurrence::Daily => next_local.date().signed_duration_since(anchor_date).num_days(),
+        Recurrence::Weekly => next_local.date().signed_duration_since(anchor_date).num_days() / 7,
+        Recurrence::Monthly => {
+            let years = i64::from(next_local.year()) - i64::from(anchor_date.year());
+            let months = i64::from(next_local.month()) - i64::from(anchor_date.month());
+            years * 12 + months
+        }
+    };
+    let mut latest = anchor;
+    for k in estimate.saturating_sub(3).max(1)..=estimate.saturating_add(1) {
+        let date = occurrence_date(anchor_date, recurrence, k)?;
+        let candidate = resolve_local(date.and_time(time), tz)?;
+        if candidate <= at && candidate > latest {
+            latest = candidate;
+        }
+    }
+    Some(latest)
+}
+
 /// Local date of occurrence `k` (k ≥ 1), computed from the anchor so clamping never sticks.
 fn occurrence_date(anchor: NaiveDate, recurrence: Recurrence, k: i64) -> Option<NaiveDate> {
     match recurrence {
@@ -194,6 +236,49 @@ mod tests {
         }
         let err = "yearly".parse::<Recurrence>().unwrap_err();
         assert!(err.contains("yearly"), "{err}");
+    }
+
+    #[test]
+    fn the_latest_occurrence_is_the_one_an_outage_left_due() {
+        let anchor = jkt(2025, 1, 31, 8, 0);
+        // Three days of outage: the one worth sending is this morning's.
+        let at = jkt(2025, 2, 3, 9, 0);
+        assert_eq!(
+            latest_occurrence(anchor, Recurrence::Daily, at, JAKARTA),
+            Some(jkt(2025, 2, 3, 8, 0))
+        );
+        assert_eq!(
+            latest_occurrence(anchor, Recurrence::Daily, jkt(2025, 2, 3, 7, 59), JAKARTA),
+            Some(jkt(2025, 2, 2, 8, 0))
+        );
+        assert_eq!(
+            latest_occurrence(anchor, Recurrence::Monthly, jkt(2025, 3, 30, 0, 0), JAKARTA),
+            Some(jkt(2025, 2, 28, 8, 0))
+        );
+        assert_eq!(latest_occurrence(anchor, Recurrence::Weekly, anchor, JAKARTA), Some(anchor));
+        assert_eq!(
+            latest_occurrence(anchor, Recurrence::Daily, jkt(2025, 1, 1, 0, 0), JAKARTA),
+            None
+        );
+        assert_eq!(latest_occurrence(anchor, Recurrence::None, at, JAKARTA), Some(anchor));
+    }
+
+    proptest! {
+        #[test]
+        fn the_latest_occurrence_is_at_or_before_and_the_next_comes_after(
+            anchor_s in 0i64..2_000_000_000,
+            gap in 0i64..400_000_000,
+            r in prop_oneof![Just(Recurrence::Daily), Just(Recurrence::Weekly), Just(Recurrence::Monthly)],
+        ) {
+            let anchor = DateTime::from_timestamp(anchor_s, 0).unwrap();
+            let at = DateTime::from_timestamp(anchor_s + gap, 0).unwrap();
+            let latest = latest_occurrence(anchor, r, at, JAKARTA).unwrap();
+            prop_assert!(latest <= at);
+            prop_assert!(latest >= anchor);
+            // Nothing of the series lies between the latest and `at`.
+            let after = next_occurrence(anchor, r, latest, JAKARTA).unwrap();
+            prop_assert!(after > at, "{latest} then {after}, at {at}");
+        }
     }
 
     #[test]

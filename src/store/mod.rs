@@ -127,10 +127,11 @@ pub struct DueScheduled {
     pub stored_run_at: Option<String>,
 }
 
-/// Queue one occurrence and move the series on, compare-and-set on `run_at`.
+/// Queue one occurrence and move the series on, compare-and-set on `run_at` as read.
 #[derive(Debug, Clone)]
 pub struct ScheduledAdvance {
     pub id: i64,
+    /// The run time as read, for the compare-and-set.
     pub run_at: DateTime<Utc>,
     pub stored_run_at: Option<String>,
     /// `None` ends the series (a one-off, or a bad recurrence).
@@ -204,6 +205,8 @@ pub struct ClaimRequest<'a> {
     pub token: &'a str,
     pub now: DateTime<Utc>,
     pub lease: Duration,
+    /// Only scheduled messages (the rules' send window is closed).
+    pub only_scheduled: bool,
 }
 
 /// The outbox columns of a claimed message: ours, typed.
@@ -259,6 +262,21 @@ pub struct VehicleRow {
     pub visit_date: Cell<NaiveDate>,
 }
 
+/// The scheduled message behind an outbox row, as it is now: an edit, a cancel or a delete after
+/// the occurrence was queued is honoured at send time.
+#[derive(Debug, Clone)]
+pub struct ScheduledRow {
+    pub id: i64,
+    pub status: Cell<String>,
+    pub body: Cell<String>,
+    pub caption: Cell<String>,
+    pub media_url: Cell<String>,
+    /// The channel spec (`whatsapp`, `whatsapp+email`, …).
+    pub channel: Cell<String>,
+    pub scheduled_at: Cell<DateTime<Utc>>,
+    pub recurrence: Cell<String>,
+}
+
 /// A claimed message with what delivery needs to re-check and render it. A row whose own
 /// columns cannot be read carries the reason instead, and is failed rather than lost.
 #[derive(Debug, Clone)]
@@ -267,6 +285,7 @@ pub struct Claimed {
     pub contact: Option<ContactRow>,
     pub invoice: Option<InvoiceRow>,
     pub vehicle: Option<VehicleRow>,
+    pub scheduled: Option<ScheduledRow>,
 }
 
 impl Claimed {

@@ -18,8 +18,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
     DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, Preview, Recorded,
-    Result, ScheduledAdvance, SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError,
-    TestContact, VehicleRow, Written,
+    Result, ScheduledAdvance, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store,
+    StoreError, TestContact, VehicleRow, Written,
 };
 use crate::domain::channel::ChannelKind;
 use crate::domain::outbox::Outcome;
@@ -133,53 +133,105 @@ fn is_local(host: &str) -> bool {
         || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A contact's first preferred channel, or WhatsApp when it names none.
-const CHANNEL: &str = "substr(COALESCE(NULLIF(lower(btrim(split_part(c.channels, ',', 1), \
-     E' \\t\\r\\n')), ''), 'whatsapp'), 1, 40)";
+/// What a rule's source says about where its reminder goes: the contact's preference and
+/// WhatsApp connection (the rules carry no text of their own: it is rendered at send time).
+const CONTACT_CHANNELS: &str = "c.channels AS channels, 'contacts.channels'::text AS spec_name, \
+    c.whatsapp_connection AS connection, NULL::text AS body, NULL::text AS media_url";
 
-/// Status and reason of a new outbox row, decided in SQL so that generation stays set-based.
-const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
-     WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN 'failed' \
-     WHEN s.opted_out THEN 'skipped' ELSE 'pending' END";
-const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
-       'contact ' || COALESCE(CAST(s.contact_id AS TEXT), '(none)') || ' not found' \
-     WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
-       'unknown channel ''' || s.channel || ''' in contacts.channels' \
-     WHEN s.opted_out THEN 'contact opted out' END";
-
-/// Wraps a rule's candidate rows (`source`, parameters from `$2`) into one statement that
-/// inserts them (or, dry, selects those not queued yet), counts every candidate and what was
-/// created, and returns the first `keep` new rows. `$1` is now. Occurrences already queued are
-/// left to `ON CONFLICT`: the partial unique index on `dedup_key` holds one per occurrence.
+/// Wraps a rule's candidate rows (`source`, parameters from `$2`) into one statement (SPEC §10
+/// channels: the first `,` item of the preference is the group that gets the reminder, `+` joins
+/// channels that all get it). It inserts each candidate's lead row on the group's first channel
+/// and, beside each new lead, the group's other channels and a failed row for what in the group
+/// is not a channel (or, dry, selects what would be created); counts every candidate and what
+/// was created; and returns the first `keep` new rows. `$1` is now. Occurrences already queued
+/// are left to `ON CONFLICT`: the partial unique index on `dedup_key` holds one lead each.
 fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> String {
-    let rows = format!(
-        "SELECT '{kind}' AS kind, s.subject_id, s.stage, s.event_date, s.dedup_key, s.contact_id, \
-                s.channel, s.body, s.media_url, {STATUS} AS status, {REASON} AS last_error \
-         FROM src s"
+    let fanned = "SELECT u.*, CASE WHEN u.pw > 0 AND (u.pt = 0 OR u.pw < u.pt) \
+                           AND (u.pe = 0 OR u.pw < u.pe) THEN 'whatsapp' \
+                       WHEN u.pt > 0 AND (u.pe = 0 OR u.pt < u.pe) THEN 'telegram' \
+                       WHEN u.pe > 0 THEN 'email' END AS lead \
+        FROM (SELECT t.*, strpos(t.g, '+whatsapp+') AS pw, strpos(t.g, '+telegram+') AS pt, \
+                  strpos(t.g, '+email+') AS pe, \
+                  replace(replace(replace(t.g, '+whatsapp', ''), '+telegram', ''), '+email', '') \
+                      <> '+' AS bad \
+              FROM (SELECT s.*, '+' || lower(translate(s.first, E' \\t\\r\\n', '')) || '+' AS g, \
+                        left(btrim(s.first), 40) AS shown \
+                    FROM (SELECT x.*, split_part(COALESCE(x.channels, ''), ',', 1) AS first \
+                          FROM src x) s) t) u";
+    let leads = format!(
+        "SELECT '{kind}'::text AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, \
+                u.contact_id, \
+                CASE WHEN u.contact_found IS NULL THEN 'whatsapp' ELSE COALESCE(u.lead, u.shown) END \
+                    AS channel, \
+                CASE WHEN u.lead = 'whatsapp' THEN u.connection END AS connection, \
+                u.body, u.media_url, 0 AS fanout, \
+                CASE WHEN u.contact_found IS NULL OR u.lead IS NULL THEN 'failed' \
+                     WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
+                CASE WHEN u.contact_found IS NULL THEN \
+                       'contact ' || COALESCE(CAST(u.contact_id AS TEXT), '(none)') || ' not found' \
+                     WHEN u.lead IS NULL THEN 'no usable channel in ' || u.spec_name || ' ''' \
+                       || u.shown || ''' (known: whatsapp, telegram, email; \",\" separates \
+                       fallbacks, \"+\" sends on each)' \
+                     WHEN u.opted_out THEN 'contact opted out' END AS last_error \
+         FROM f u"
     );
-    let out = if dry_run {
+    let extras = |lead_is_new: &str| {
+        format!(
+            "SELECT '{kind}'::text AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, \
+                    u.contact_id, ch.c AS channel, \
+                    CASE WHEN ch.c = 'whatsapp' THEN u.connection END AS connection, \
+                    u.body, u.media_url, 1 AS fanout, \
+                    CASE WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
+                    CASE WHEN u.opted_out THEN 'contact opted out' END AS last_error \
+             FROM f u JOIN (VALUES ('whatsapp'), ('telegram'), ('email')) AS ch(c) \
+                 ON strpos(u.g, '+' || ch.c || '+') > 0 AND ch.c <> u.lead \
+             WHERE u.contact_found IS NOT NULL AND {lead_is_new} \
+             UNION ALL \
+             SELECT '{kind}'::text, u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
+                    u.shown, NULL, u.body, u.media_url, 1, 'failed', \
+                    'unknown or empty channel name in ' || u.spec_name || ' ''' || u.shown \
+                        || ''' (known: whatsapp, telegram, email); sent on ' || u.lead || ' only' \
+             FROM f u \
+             WHERE u.contact_found IS NOT NULL AND u.lead IS NOT NULL AND u.bad AND {lead_is_new}"
+        )
+    };
+    let columns = "kind, subject_id, stage, event_date, dedup_key, contact_id, channel, \
+                   connection, body, media_url, fanout, status, last_error";
+    let written = if dry_run {
+        let new = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = u.dedup_key)";
         format!(
             "out AS (SELECT NULL::bigint AS id, n.kind, n.subject_id, n.stage, n.channel, \
-                 n.status, n.last_error FROM ({rows}) n \
-             WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key))"
+                 n.status, n.last_error FROM ({leads}) n \
+             WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key) \
+             UNION ALL \
+             SELECT NULL::bigint, n.kind, n.subject_id, n.stage, n.channel, n.status, \
+                 n.last_error FROM ({}) n)",
+            extras(new)
         )
     } else {
+        // Extras go beside a lead this very statement created.
+        let new = "u.dedup_key IN (SELECT dedup_key FROM lead_out)";
         format!(
-            "out AS (INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
-                 contact_id, channel, body, media_url, status, last_error, next_attempt_at, created_at) \
-             SELECT n.kind, n.subject_id, n.stage, n.event_date, n.dedup_key, n.contact_id, \
-                 n.channel, n.body, n.media_url, n.status, n.last_error, $1, $1 FROM ({rows}) n \
-             ON CONFLICT DO NOTHING \
-             RETURNING id, kind, subject_id, stage, channel, status, last_error)"
+            "lead_out AS (INSERT INTO messages ({columns}, next_attempt_at, created_at) \
+                 SELECT {columns}, $1, $1 FROM ({leads}) n \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id, kind, subject_id, stage, channel, status, last_error, dedup_key), \
+             extra_out AS (INSERT INTO messages ({columns}, next_attempt_at, created_at) \
+                 SELECT {columns}, $1, $1 FROM ({}) n \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id, kind, subject_id, stage, channel, status, last_error), \
+             out AS (SELECT id, kind, subject_id, stage, channel, status, last_error FROM lead_out \
+                 UNION ALL SELECT * FROM extra_out)",
+            extras(new)
         )
     };
     let limit = i64::try_from(keep).map_or_else(|_| "ALL".to_string(), |k| k.to_string());
     format!(
-        "WITH src AS MATERIALIZED ({source}), {out}, \
+        "WITH src AS MATERIALIZED ({source}), f AS MATERIALIZED ({fanned}), {written}, \
              kept AS (SELECT * FROM out LIMIT {limit}) \
-         SELECT f.found, a.queued, a.failed, a.skipped, k.id, k.kind, k.subject_id, k.stage, \
+         SELECT s.found, a.queued, a.failed, a.skipped, k.id, k.kind, k.subject_id, k.stage, \
                 k.channel, k.status, k.last_error AS error \
-         FROM (SELECT count(*) AS found FROM src) f \
+         FROM (SELECT count(*) AS found FROM src) s \
          CROSS JOIN (SELECT count(*) AS queued, \
                          count(*) FILTER (WHERE status = 'failed') AS failed, \
                          count(*) FILTER (WHERE status = 'skipped') AS skipped FROM out) a \
@@ -215,11 +267,15 @@ const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_d
     cl.subject, cl.body, cl.media_url, cl.recipient, cl.attempts, cl.expired_leases, \
     cl.contact_id, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, c.channels, \
     (c.opted_out_at IS NOT NULL) AS opted_out, i.id AS i_id, i.number, i.amount, i.due_date, \
-    i.status AS i_status, v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date";
+    i.status AS i_status, v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date, \
+    sm.id AS s_id, sm.status AS s_status, sm.body AS s_body, sm.caption AS s_caption, \
+    sm.media_url AS s_media_url, sm.channel AS s_channel, sm.scheduled_at AS s_scheduled_at, \
+    sm.recurrence AS s_recurrence";
 
 const CLAIM_JOINS: &str = "LEFT JOIN contacts c ON c.id = cl.contact_id \
     LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
-    LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id";
+    LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id \
+    LEFT JOIN scheduled_messages sm ON cl.kind = 'scheduled' AND sm.id = cl.subject_id";
 
 /// One typed input value; a decode failure is that row's reason, not the claim's.
 fn cell<'r, T>(row: &'r PgRow, col: &str, at: (&'static str, i64, &'static str)) -> Cell<T>
@@ -286,11 +342,25 @@ fn claimed(row: &PgRow) -> Claimed {
             },
         }
     });
+    let scheduled = row.try_get::<Option<i64>, _>("s_id").ok().flatten().map(|sid| {
+        let at = |column| ("scheduled_messages", sid, column);
+        ScheduledRow {
+            id: sid,
+            status: cell(row, "s_status", at("status")),
+            body: cell(row, "s_body", at("body")),
+            caption: cell(row, "s_caption", at("caption")),
+            media_url: cell(row, "s_media_url", at("media_url")),
+            channel: cell(row, "s_channel", at("channel")),
+            scheduled_at: cell(row, "s_scheduled_at", at("scheduled_at")),
+            recurrence: cell(row, "s_recurrence", at("recurrence")),
+        }
+    });
     Claimed {
         row: decoded.map_err(|e| (id, format!("outbox row {id} cannot be read: {e}"))),
         contact,
         invoice,
         vehicle,
+        scheduled,
     }
 }
 
@@ -345,7 +415,7 @@ impl Store for PgStore {
                  'dunning:' || i.id || ':' || to_char(i.due_date, 'YYYY-MM-DD') || ':' || $2::text \
                      AS dedup_key, \
                  i.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 {CHANNEL} AS channel, NULL::text AS body, NULL::text AS media_url \
+                 {CONTACT_CHANNELS} \
              FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
              WHERE i.status = 'unpaid' AND NOT i.is_test AND i.due_date BETWEEN $3 AND $4"
         );
@@ -373,7 +443,7 @@ impl Store for PgStore {
             "SELECT v.id AS subject_id, 'visit'::text AS stage, v.visit AS event_date, \
                  'maintenance:' || v.id || ':' || to_char(v.visit, 'YYYY-MM-DD') AS dedup_key, \
                  v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 {CHANNEL} AS channel, NULL::text AS body, NULL::text AS media_url \
+                 {CONTACT_CHANNELS} \
              FROM (SELECT id, contact_id, COALESCE(next_visit_date, \
                        (last_visit_date + interval '4 months')::date) AS visit FROM vehicles) v \
              LEFT JOIN contacts c ON c.id = v.contact_id \
@@ -400,7 +470,9 @@ impl Store for PgStore {
         let rows = sqlx::query(
             "SELECT id, scheduled_at, COALESCE(next_run_at, scheduled_at) AS run_at, recurrence \
              FROM scheduled_messages \
-             WHERE status = 'active' AND COALESCE(next_run_at, scheduled_at) <= $1 AND id > $2 \
+             WHERE status IN ('pending', 'active', 'processing') \
+               AND NOT (status = 'processing' AND next_run_at IS NULL) \
+               AND COALESCE(next_run_at, scheduled_at) <= $1 AND id > $2 \
              ORDER BY id LIMIT $3",
         )
         .bind(now)
@@ -433,13 +505,12 @@ impl Store for PgStore {
         let mut tx = p.conn()?.begin().await?;
         let mut ids: Vec<i64> = advances.iter().map(|a| a.id).collect();
         if !dry_run {
-            // Compare-and-set on the run time: of two passes, only one moves the series on.
+            // Compare-and-set on the run time: of two passes, only one moves the series on. The
+            // row is `processing` until the delivery writes its outcome back.
             ids = sqlx::query_scalar(
-                "UPDATE scheduled_messages s \
-                 SET next_run_at = d.next, \
-                     status = CASE WHEN d.next IS NULL THEN 'done' ELSE 'active' END \
+                "UPDATE scheduled_messages s SET next_run_at = d.next, status = 'processing' \
                  FROM UNNEST($1::bigint[], $2::timestamptz[], $3::timestamptz[]) AS d(id, run_at, next) \
-                 WHERE s.id = d.id AND s.status = 'active' \
+                 WHERE s.id = d.id AND s.status IN ('pending', 'active', 'processing') \
                    AND COALESCE(s.next_run_at, s.scheduled_at) = d.run_at \
                  RETURNING s.id",
             )
@@ -448,12 +519,24 @@ impl Store for PgStore {
             .bind(advances.iter().map(|a| a.next_run_at).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
+            // An occurrence still waiting when the next one comes was overtaken by it: it is
+            // cancelled, never sent beside the new one.
+            sqlx::query(
+                "UPDATE messages SET status = 'cancelled', \
+                     last_error = 'overtaken by a later occurrence of scheduled message ' \
+                         || subject_id \
+                 WHERE kind = 'scheduled' AND status = 'pending' AND subject_id = ANY($1)",
+            )
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         }
         let won: Vec<&ScheduledAdvance> = advances.iter().filter(|a| ids.contains(&a.id)).collect();
         let source = "SELECT s.id AS subject_id, d.stage, NULL::date AS event_date, \
                  d.key AS dedup_key, s.contact_id, c.id AS contact_found, \
                  (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 COALESCE(NULLIF(lower(trim(s.channel)), ''), 'whatsapp') AS channel, \
+                 COALESCE(NULLIF(btrim(s.channel), ''), 'whatsapp') AS channels, \
+                 'scheduled_messages.channel'::text AS spec_name, s.connection, \
                  COALESCE(NULLIF(s.body, ''), s.caption, '') AS body, s.media_url \
              FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS d(id, key, stage) \
              JOIN scheduled_messages s ON s.id = d.id \
@@ -465,6 +548,21 @@ impl Store for PgStore {
             .bind(won.iter().map(|a| a.stage.clone()).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
+        if !dry_run {
+            // An occurrence that could not even be queued (no contact, no usable channel, opted
+            // out) is its row's last delivery too.
+            sqlx::query(
+                "UPDATE scheduled_messages s SET error = m.last_error, \
+                     status = CASE WHEN s.recurrence <> 'none' AND s.next_run_at IS NOT NULL \
+                         THEN 'pending' ELSE 'failed' END \
+                 FROM messages m \
+                 WHERE m.kind = 'scheduled' AND m.subject_id = s.id AND m.fanout = 0 \
+                   AND m.status IN ('failed', 'skipped') AND m.dedup_key = ANY($1)",
+            )
+            .bind(won.iter().map(|a| a.dedup_key.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         p.done();
         let mut out = generated(rows)?;
@@ -551,14 +649,15 @@ impl Store for PgStore {
         // The due conditions are checked again in the outer UPDATE: a row locked and released
         // by another pass between the two may no longer be due. Rows whose lease ran out on the
         // server's clock come first: they are the oldest work.
+        let kinds = if request.only_scheduled { " AND kind = 'scheduled'" } else { "" };
         let sql = format!(
             "WITH expired AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND status = 'sending' AND claimed_until <= now() \
+                 WHERE channel = $1 AND status = 'sending' AND claimed_until <= now(){kinds} \
                  ORDER BY claimed_until LIMIT $3 FOR UPDATE SKIP LOCKED \
              ), waiting AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND status = 'pending' AND next_attempt_at <= $2 \
+                 WHERE channel = $1 AND status = 'pending' AND next_attempt_at <= $2{kinds} \
                  ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED \
              ), due AS ( \
                  SELECT id FROM expired UNION ALL SELECT id FROM waiting LIMIT $3 \
@@ -639,6 +738,18 @@ impl Store for PgStore {
                      claimed_by = NULL, claimed_until = NULL \
                  FROM v WHERE m.id = v.id AND m.claimed_by = $1 AND m.status = 'sending' \
                  RETURNING m.id \
+             ), sched AS ( \
+                 UPDATE scheduled_messages s SET status = CASE WHEN s.status = 'cancelled' THEN 'cancelled' \
+                     WHEN v.status = 'pending' THEN s.status \
+                     WHEN s.recurrence <> 'none' AND s.next_run_at IS NOT NULL THEN 'pending' \
+                     WHEN v.status = 'sent' OR s.status = 'sent' THEN 'sent' \
+                     WHEN v.status = 'cancelled' THEN 'cancelled' ELSE 'failed' END, \
+                     error = CASE WHEN v.status = 'sent' THEN NULL ELSE v.error END, \
+                     message_id = CASE WHEN v.status = 'sent' THEN COALESCE(v.pid, s.message_id) \
+                         ELSE s.message_id END, \
+                     sent_at = CASE WHEN v.status = 'sent' THEN v.sent_at ELSE s.sent_at END \
+                 FROM v JOIN upd ON upd.id = v.id JOIN messages m ON m.id = v.id \
+                 WHERE m.kind = 'scheduled' AND s.id = m.subject_id AND v.label IS NOT NULL \
              ), hist AS ( \
                  INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
                      error, provider_message_id, claimed_by, at) \

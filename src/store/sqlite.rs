@@ -28,8 +28,8 @@ use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRe
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
     DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, Preview, Recorded,
-    Result, ScheduledAdvance, SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError,
-    TestContact, VehicleRow, Written,
+    Result, ScheduledAdvance, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store,
+    StoreError, TestContact, VehicleRow, Written,
 };
 use crate::domain::channel::ChannelKind;
 use crate::domain::dates;
@@ -288,11 +288,15 @@ impl SqliteStore {
             "SELECT cl.id AS mid, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, \
                  c.channels, (c.opted_out_at IS NOT NULL) AS opted_out, \
                  i.id AS i_id, i.number, i.amount, i.due_date, i.status AS i_status, \
-                 v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date \
+                 v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date, \
+                 sm.id AS s_id, sm.status AS s_status, sm.body AS s_body, sm.caption AS s_caption, \
+                 sm.media_url AS s_media_url, sm.channel AS s_channel, \
+                 sm.scheduled_at AS s_scheduled_at, sm.recurrence AS s_recurrence \
              FROM messages cl \
              LEFT JOIN contacts c ON c.id = cl.contact_id \
              LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
              LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id \
+             LEFT JOIN scheduled_messages sm ON cl.kind = 'scheduled' AND sm.id = cl.subject_id \
              WHERE cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2",
         )
         .bind(serde_json::to_string(&ids).unwrap_or_default())
@@ -328,6 +332,25 @@ impl SqliteStore {
                 amount: Raw::read(row, "amount").integer(at("amount")),
                 due_date: Raw::read(row, "due_date").date(self.tz, at("due_date")),
                 status: Raw::read(row, "i_status").text(at("status")),
+            });
+        }
+        if let Raw::Integer(id) = Raw::read(row, "s_id") {
+            let at = |column| ("scheduled_messages", id, column);
+            let scheduled_at = match Raw::read(row, "s_scheduled_at").text(at("scheduled_at")) {
+                Ok(Some(t)) => dates::instant(&t, self.tz)
+                    .map(Some)
+                    .map_err(|e| BadValue::new(at("").0, id, "scheduled_at", &t, e.to_string())),
+                other => other.map(|_| None),
+            };
+            c.scheduled = Some(ScheduledRow {
+                id,
+                status: Raw::read(row, "s_status").text(at("status")),
+                body: Raw::read(row, "s_body").text(at("body")),
+                caption: Raw::read(row, "s_caption").text(at("caption")),
+                media_url: Raw::read(row, "s_media_url").text(at("media_url")),
+                channel: Raw::read(row, "s_channel").text(at("channel")),
+                scheduled_at,
+                recurrence: Raw::read(row, "s_recurrence").text(at("recurrence")),
             });
         }
         if let Raw::Integer(id) = Raw::read(row, "v_id") {
@@ -388,45 +411,127 @@ fn own_columns(row: &SqliteRow) -> Claimed {
         contact: None,
         invoice: None,
         vehicle: None,
+        scheduled: None,
     }
 }
 
 const OWN_COLUMNS: &str = "id, kind, subject_id, stage, event_date, channel, subject, body, \
     media_url, recipient, attempts, expired_leases, contact_id";
 
-/// A contact's first preferred channel, or WhatsApp when it names none. Only what fits a
-/// channel name is kept, so a blob or a long text in `channels` cannot bloat the outbox.
-const CHANNEL: &str = "substr(COALESCE(NULLIF(lower(trim(CASE WHEN instr(c.channels, ',') > 0 \
-     THEN substr(c.channels, 1, instr(c.channels, ',') - 1) ELSE c.channels END, ' ' || char(9, 10, 13))), ''), \
-     'whatsapp'), 1, 40)";
-
-const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
-     WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN 'failed' \
-     WHEN s.opted_out THEN 'skipped' ELSE 'pending' END";
-const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
-       'contact ' || COALESCE(substr(CAST(s.contact_id AS TEXT), 1, 40), '(none)') || ' not found' \
-     WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
-       'unknown channel ''' || s.channel || ''' in contacts.channels' \
-     WHEN s.opted_out THEN 'contact opted out' END";
-
-/// A rule's candidates (`source`) as outbox rows, with their status decided in SQL.
-fn rows_sql(kind: &str, source: &str) -> String {
+/// `expr` as text an operator can read and the outbox can store: printable ASCII as it is (cut
+/// at `max`), anything else (a blob, non-ASCII bytes, text that may not be UTF-8) as hex.
+fn safe_text(expr: &str, max: u32) -> String {
     format!(
-        "SELECT '{kind}' AS kind, s.subject_id, s.stage, s.event_date, s.dedup_key, s.contact_id, \
-                s.channel, s.body, s.media_url, {STATUS} AS status, {REASON} AS last_error \
-         FROM ({source}) s"
+        "(CASE WHEN {expr} IS NULL THEN NULL \
+              WHEN typeof({expr}) IN ('integer', 'real') THEN CAST({expr} AS TEXT) \
+              WHEN typeof({expr}) = 'text' AND NOT CAST({expr} AS TEXT) GLOB '*[^ -~]*' \
+                THEN substr({expr}, 1, {max}) \
+              ELSE 'x''' || hex(substr(CAST({expr} AS BLOB), 1, 16)) || '''' END)"
     )
 }
+
+/// A rule's candidates (`source`, with the raw channel preference in `channels`) with their
+/// channels worked out (SPEC §10): the first `,` item is the group that gets the reminder, and
+/// `+` joins channels that all get it. `g` is that group normalized as `+a+b+` (whitespace and
+/// letter case ignored), `lead` its first known channel, `bad` whether it also names something
+/// that is not a channel (or is empty), `shown` the group as a reason quotes it.
+fn fanned(source: &str) -> String {
+    let shown = safe_text("t.first", 40);
+    format!(
+        "SELECT u.*, CASE WHEN u.pw > 0 AND (u.pt = 0 OR u.pw < u.pt) AND (u.pe = 0 OR u.pw < u.pe) \
+                   THEN 'whatsapp' \
+                 WHEN u.pt > 0 AND (u.pe = 0 OR u.pt < u.pe) THEN 'telegram' \
+                 WHEN u.pe > 0 THEN 'email' END AS lead \
+         FROM (SELECT t.*, {shown} AS shown, instr(t.g, '+whatsapp+') AS pw, \
+                   instr(t.g, '+telegram+') AS pt, instr(t.g, '+email+') AS pe, \
+                   replace(replace(replace(t.g, '+whatsapp', ''), '+telegram', ''), '+email', '') \
+                       <> '+' AS bad \
+               FROM (SELECT s.*, '+' || lower(replace(replace(replace(replace(s.first, ' ', ''), \
+                         char(9), ''), char(10), ''), char(13), '')) || '+' AS g \
+                     FROM (SELECT x.*, CASE WHEN instr(x.spec, ',') > 0 \
+                               THEN substr(x.spec, 1, instr(x.spec, ',') - 1) ELSE x.spec END AS first \
+                           FROM (SELECT y.*, CASE WHEN typeof(y.channels) = 'blob' THEN 'x' \
+                                     ELSE CAST(COALESCE(y.channels, '') AS TEXT) END AS spec \
+                                 FROM ({source}) y) x) s) t) u"
+    )
+}
+
+/// Why a candidate gets no usable row, or `NULL`.
+fn reason() -> String {
+    let contact = safe_text("u.contact_id", 40);
+    format!(
+        "CASE WHEN u.contact_found IS NULL THEN \
+           'contact ' || COALESCE({contact}, '(none)') || ' not found' \
+         WHEN u.lead IS NULL THEN 'no usable channel in ' || u.spec_name || ' ''' || u.shown \
+           || ''' (known: whatsapp, telegram, email; \",\" separates fallbacks, \"+\" sends on each)' \
+         WHEN u.opted_out THEN 'contact opted out' END"
+    )
+}
+
+/// Each candidate's lead row: its first channel, with its status and reason decided in SQL.
+fn rows_sql(kind: &str, source: &str) -> String {
+    let fanned = fanned(source);
+    let reason = reason();
+    format!(
+        "SELECT '{kind}' AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
+                CASE WHEN u.contact_found IS NULL THEN 'whatsapp' ELSE COALESCE(u.lead, u.shown) END \
+                    AS channel, \
+                CASE WHEN u.lead = 'whatsapp' THEN u.connection END AS connection, \
+                u.body, u.media_url, 0 AS fanout, \
+                CASE WHEN u.contact_found IS NULL OR u.lead IS NULL THEN 'failed' \
+                     WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
+                {reason} AS last_error \
+         FROM ({fanned}) u"
+    )
+}
+
+/// The other channels of a candidate's group (`whatsapp+email`), and a failed row naming what in
+/// the group is not a channel. `lead_is_new` says which candidates' leads were just created.
+fn extras_sql(kind: &str, source: &str, lead_is_new: &str) -> String {
+    let fanned = fanned(source);
+    format!(
+        "SELECT '{kind}' AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
+                ch.column1 AS channel, \
+                CASE WHEN ch.column1 = 'whatsapp' THEN u.connection END AS connection, \
+                u.body, u.media_url, 1 AS fanout, \
+                CASE WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
+                CASE WHEN u.opted_out THEN 'contact opted out' END AS last_error \
+         FROM ({fanned}) u JOIN (VALUES ('whatsapp'), ('telegram'), ('email')) ch \
+             ON instr(u.g, '+' || ch.column1 || '+') > 0 AND ch.column1 <> u.lead \
+         WHERE u.contact_found IS NOT NULL AND {lead_is_new} \
+         UNION ALL \
+         SELECT '{kind}', u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
+                u.shown, NULL, u.body, u.media_url, 1, 'failed', \
+                'unknown or empty channel name in ' || u.spec_name || ' ''' || u.shown \
+                    || ''' (known: whatsapp, telegram, email); sent on ' || u.lead || ' only' \
+         FROM ({fanned}) u \
+         WHERE u.contact_found IS NOT NULL AND u.lead IS NOT NULL AND u.bad AND {lead_is_new}"
+    )
+}
+
+/// A scheduled message's status after one of its deliveries resolved (`v.status`), with `{s}`
+/// its row: a cancel by its owner stands; a retry leaves it as it is; a recurring message goes
+/// back to `pending` for its next run; a one-off is `sent` once any of its channels sent it.
+const STATUS_CASE: &str = "CASE WHEN {s}.status = 'cancelled' THEN 'cancelled' \
+                     WHEN v.status = 'pending' THEN {s}.status \
+                     WHEN {s}.recurrence <> 'none' AND {s}.next_run_at IS NOT NULL THEN 'pending' \
+                     WHEN v.status = 'sent' OR {s}.status = 'sent' THEN 'sent' \
+                     WHEN v.status = 'cancelled' THEN 'cancelled' ELSE 'failed' END";
+
+/// What a rule's source says about where its reminder goes: the contact's preference and
+/// WhatsApp connection (the rules carry no text of their own: it is rendered at send time).
+const CONTACT_CHANNELS: &str = "c.channels AS channels, 'contacts.channels' AS spec_name, \
+    c.whatsapp_connection AS connection, NULL AS body, NULL AS media_url";
 
 /// A bound parameter of a rule's source statement.
 enum Bind {
     Text(String),
 }
 
-/// Counts a rule's candidates, then inserts them (or, dry, selects those not queued yet). `?1`
-/// is now; the source's own parameters follow. Occurrences already queued are left to
-/// `ON CONFLICT`: the partial unique index on `dedup_key` holds one per occurrence. The new
-/// rows stream past: all are counted, the first `keep` kept.
+/// Counts a rule's candidates, then inserts their lead rows and, beside each new lead, the rest
+/// of its channel group (or, dry, selects what would be created). `?1` is now; the source's own
+/// parameters follow. Occurrences already queued are left to `ON CONFLICT`: the partial unique
+/// index on `dedup_key` holds one lead per occurrence.
 async fn generate(
     conn: &mut SqliteConnection,
     kind: &str,
@@ -436,8 +541,6 @@ async fn generate(
     dry_run: bool,
     keep: usize,
 ) -> Result<Generated> {
-    use futures::TryStreamExt as _;
-
     fn bind_all<'q>(
         mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
         now: String,
@@ -456,45 +559,54 @@ async fn generate(
         .fetch_one(&mut *conn)
         .await?
         .try_get("found")?;
-    let rows = rows_sql(kind, source);
-    let sql = if dry_run {
-        format!(
-            "SELECT NULL AS id, n.kind, n.subject_id, n.stage, n.channel, n.status, \
-                 n.last_error AS error FROM ({rows}) n \
-             WHERE ?1 IS NOT NULL \
-               AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key)"
-        )
-    } else {
-        format!(
-            "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, contact_id, \
-                 channel, body, media_url, status, last_error, next_attempt_at, created_at) \
-             SELECT n.kind, n.subject_id, n.stage, n.event_date, n.dedup_key, n.contact_id, \
-                 n.channel, n.body, n.media_url, n.status, n.last_error, ?1, ?1 \
-             FROM ({rows}) n WHERE true \
-             ON CONFLICT DO NOTHING \
-             RETURNING id, kind, subject_id, stage, channel, status, last_error AS error"
-        )
-    };
     let mut out = Generated { found: found.max(0) as u64, ..Generated::default() };
-    let mut stream = bind_all(sqlx::query(&sql), ts(now), binds).fetch(&mut *conn);
-    while let Some(r) = stream.try_next().await? {
-        let status: String = r.try_get("status")?;
-        out.queued += 1;
-        match status.as_str() {
-            "failed" => out.failed += 1,
-            "skipped" => out.skipped += 1,
-            _ => {}
-        }
-        if out.rows.len() < keep {
-            out.rows.push(GenRow {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                subject_id: r.try_get("subject_id")?,
-                stage: r.try_get("stage")?,
-                channel: r.try_get("channel")?,
-                status,
-                error: r.try_get("error")?,
-            });
+    let columns = "kind, subject_id, stage, event_date, dedup_key, contact_id, channel, \
+                   connection, body, media_url, fanout, status, last_error";
+    let statements = if dry_run {
+        let new = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = u.dedup_key)";
+        [rows_sql(kind, source), extras_sql(kind, source, new)].map(|rows| {
+            format!(
+                "SELECT NULL AS id, n.kind, n.subject_id, n.stage, n.channel, n.status, \
+                     n.last_error AS error FROM ({rows}) n \
+                 WHERE ?1 IS NOT NULL \
+                   AND (n.fanout = 1 OR NOT EXISTS \
+                        (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key))"
+            )
+        })
+    } else {
+        // Extras go beside a lead this very pass created (its `created_at` is this pass's now).
+        let new = "EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = u.dedup_key \
+                   AND m.origin = 'rule' AND m.fanout = 0 AND m.created_at = ?1)";
+        [rows_sql(kind, source), extras_sql(kind, source, new)].map(|rows| {
+            format!(
+                "INSERT INTO messages ({columns}, next_attempt_at, created_at) \
+                 SELECT {columns}, ?1, ?1 FROM ({rows}) n WHERE true \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id, kind, subject_id, stage, channel, status, last_error AS error"
+            )
+        })
+    };
+    for sql in &statements {
+        let rows = bind_all(sqlx::query(sql), ts(now), binds).fetch_all(&mut *conn).await?;
+        for r in &rows {
+            let status: String = r.try_get("status")?;
+            out.queued += 1;
+            match status.as_str() {
+                "failed" => out.failed += 1,
+                "skipped" => out.skipped += 1,
+                _ => {}
+            }
+            if out.rows.len() < keep {
+                out.rows.push(GenRow {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    subject_id: r.try_get("subject_id")?,
+                    stage: r.try_get("stage")?,
+                    channel: r.try_get("channel")?,
+                    status,
+                    error: r.try_get("error")?,
+                });
+            }
         }
     }
     Ok(out)
@@ -590,7 +702,8 @@ impl Store for SqliteStore {
         }
         let scheduled = sqlx::query(
             "SELECT id, scheduled_at, next_run_at FROM scheduled_messages \
-             WHERE status = 'active' AND unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL \
+             WHERE status IN ('pending', 'active') \
+               AND unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL \
              ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -641,7 +754,7 @@ impl Store for SqliteStore {
                      'dunning:' || i.id || ':' || {due_expr} || ':' || ?2 AS dedup_key, \
                      i.contact_id, c.id AS contact_found, \
                      (c.opted_out_at IS NOT NULL) AS opted_out, \
-                     {CHANNEL} AS channel, NULL AS body, NULL AS media_url"
+                     {CONTACT_CHANNELS}"
             )
         };
         let source = format!(
@@ -682,7 +795,7 @@ impl Store for SqliteStore {
                  'maintenance:' || v.id || ':' || v.visit AS dedup_key, \
                  v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out";
         let source = format!(
-            "{columns}, {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
+            "{columns}, {CONTACT_CHANNELS} \
              FROM (SELECT id, contact_id, CASE WHEN next_visit_date IS NOT NULL \
                        THEN date(next_visit_date) \
                        WHEN strftime('%d', date(last_visit_date, '+4 months')) \
@@ -694,7 +807,7 @@ impl Store for SqliteStore {
              LEFT JOIN contacts c ON c.id = v.contact_id \
              WHERE v.visit BETWEEN ?2 AND ?3 \
              UNION ALL \
-             {columns}, {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
+             {columns}, {CONTACT_CHANNELS} \
              FROM (SELECT ve.id, ve.contact_id, f.value AS visit FROM json_each(?4) f \
                    JOIN vehicles ve ON ve.id = CAST(f.key AS INTEGER)) v \
              LEFT JOIN contacts c ON c.id = v.contact_id \
@@ -724,7 +837,8 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "SELECT id, scheduled_at, COALESCE(next_run_at, scheduled_at) AS run_at, recurrence \
              FROM scheduled_messages \
-             WHERE status = 'active' \
+             WHERE status IN ('pending', 'active', 'processing') AND NOT (status = 'processing' \
+                   AND next_run_at IS NULL) \
                AND unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 AND id > ?2 \
              ORDER BY id LIMIT ?3",
         )
@@ -784,14 +898,13 @@ impl Store for SqliteStore {
                 })
                 .collect();
             // Compare-and-set on the run time as stored: of two passes, only one moves the
-            // series on.
+            // series on. The row is `processing` until the delivery writes its outcome back.
             let ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE scheduled_messages \
-                 SET next_run_at = d.next, \
-                     status = CASE WHEN d.next IS NULL THEN 'done' ELSE 'active' END \
+                "UPDATE scheduled_messages SET next_run_at = d.next, status = 'processing' \
                  FROM (SELECT value ->> 'id' AS id, value ->> 'run_at' AS run_at, \
                            value ->> 'next' AS next FROM json_each(?1)) d \
-                 WHERE scheduled_messages.id = d.id AND scheduled_messages.status = 'active' \
+                 WHERE scheduled_messages.id = d.id \
+                   AND scheduled_messages.status IN ('pending', 'active', 'processing') \
                    AND COALESCE(scheduled_messages.next_run_at, scheduled_messages.scheduled_at) \
                        = d.run_at \
                  RETURNING scheduled_messages.id",
@@ -800,12 +913,25 @@ impl Store for SqliteStore {
             .fetch_all(w.conn())
             .await?;
             won.retain(|a| ids.contains(&a.id));
+            // An occurrence still waiting when the next one comes was overtaken by it: it is
+            // cancelled, never sent beside the new one.
+            sqlx::query(
+                "UPDATE messages SET status = 'cancelled', \
+                     last_error = 'overtaken by a later occurrence of scheduled message ' \
+                         || subject_id \
+                 WHERE kind = 'scheduled' AND status = 'pending' \
+                   AND subject_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(serde_json::to_string(&ids).unwrap_or_default())
+            .execute(w.conn())
+            .await?;
         }
         let batch: Vec<_> =
             won.iter().map(|a| json!({"id": a.id, "key": a.dedup_key, "stage": a.stage})).collect();
         let source = "SELECT s.id AS subject_id, d.stage, NULL AS event_date, d.key AS dedup_key, \
                  s.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 COALESCE(NULLIF(lower(trim(s.channel)), ''), 'whatsapp') AS channel, \
+                 COALESCE(NULLIF(trim(s.channel), ''), 'whatsapp') AS channels, \
+                 'scheduled_messages.channel' AS spec_name, s.connection, \
                  COALESCE(NULLIF(s.body, ''), s.caption, '') AS body, s.media_url \
              FROM (SELECT value ->> 'id' AS id, value ->> 'key' AS key, value ->> 'stage' AS stage \
                    FROM json_each(?2)) d \
@@ -813,6 +939,24 @@ impl Store for SqliteStore {
              LEFT JOIN contacts c ON c.id = s.contact_id";
         let binds = [Bind::Text(serde_json::Value::Array(batch).to_string())];
         let mut out = generate(w.conn(), "scheduled", source, &binds, now, dry_run, keep).await?;
+        if !dry_run {
+            // An occurrence that could not even be queued (no contact, no usable channel, opted
+            // out) is its row's last delivery too.
+            let keys: Vec<&str> = won.iter().map(|a| a.dedup_key.as_str()).collect();
+            sqlx::query(
+                "UPDATE scheduled_messages SET error = m.last_error, \
+                     status = CASE WHEN scheduled_messages.recurrence <> 'none' \
+                         AND scheduled_messages.next_run_at IS NOT NULL THEN 'pending' \
+                         ELSE 'failed' END \
+                 FROM messages m \
+                 WHERE m.kind = 'scheduled' AND m.subject_id = scheduled_messages.id \
+                   AND m.fanout = 0 AND m.status IN ('failed', 'skipped') \
+                   AND m.dedup_key IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(serde_json::to_string(&keys).unwrap_or_default())
+            .execute(w.conn())
+            .await?;
+        }
         w.commit().await?;
         out.found = advances.len() as u64;
         Ok(out)
@@ -893,16 +1037,17 @@ impl Store for SqliteStore {
         // One statement: SQLite runs it under its write lock, so two passes never take the
         // same row, and there is no read-then-write upgrade to deadlock on. Rows whose lease
         // ran out (real clock) come first: they are the oldest work.
+        let kinds = if request.only_scheduled { " AND kind = 'scheduled'" } else { "" };
         let sql = format!(
             "UPDATE messages SET status = 'sending', claimed_by = ?4, claimed_until = ?5, \
                  expired_leases = expired_leases + (status = 'sending') \
              WHERE id IN ( \
                  SELECT id FROM (SELECT id FROM messages \
-                     WHERE channel = ?1 AND status = 'sending' AND claimed_until <= ?6 \
+                     WHERE channel = ?1 AND status = 'sending' AND claimed_until <= ?6{kinds} \
                      ORDER BY claimed_until LIMIT ?3) \
                  UNION ALL \
                  SELECT id FROM (SELECT id FROM messages \
-                     WHERE channel = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
+                     WHERE channel = ?1 AND status = 'pending' AND next_attempt_at <= ?2{kinds} \
                      ORDER BY next_attempt_at, id LIMIT ?3) \
                  LIMIT ?3) \
              RETURNING {OWN_COLUMNS}"
@@ -1012,6 +1157,37 @@ impl Store for SqliteStore {
             recorded.fallbacks = channels.iter().filter_map(|c| c.parse().ok()).collect();
             recorded.fallbacks.sort();
             recorded.fallbacks.dedup();
+        }
+        // A scheduled message shows its last delivery on its own row (seed 004's vocabulary):
+        // `sent` or `failed` for a one-off, back to `pending` for a recurring one.
+        let deliveries: Vec<_> = written
+            .iter()
+            .filter(|o| o.label.is_some() && updated.contains(&o.id))
+            .map(|o| {
+                json!({"id": o.id, "status": o.status, "error": o.error,
+                       "pid": o.provider_message_id, "sent_at": o.sent_at.map(ts)})
+            })
+            .collect();
+        if !deliveries.is_empty() {
+            sqlx::query(&format!(
+                "UPDATE scheduled_messages SET status = {}, \
+                     error = CASE WHEN v.status = 'sent' THEN NULL ELSE v.error END, \
+                     message_id = CASE WHEN v.status = 'sent' \
+                         THEN COALESCE(v.pid, scheduled_messages.message_id) \
+                         ELSE scheduled_messages.message_id END, \
+                     sent_at = CASE WHEN v.status = 'sent' THEN v.sent_at \
+                         ELSE scheduled_messages.sent_at END \
+                 FROM (SELECT m.subject_id, j.value ->> 'status' AS status, \
+                           j.value ->> 'error' AS error, j.value ->> 'pid' AS pid, \
+                           j.value ->> 'sent_at' AS sent_at \
+                       FROM json_each(?1) j \
+                       JOIN messages m ON m.id = j.value ->> 'id' AND m.kind = 'scheduled') v \
+                 WHERE scheduled_messages.id = v.subject_id",
+                STATUS_CASE.replace("{s}", "scheduled_messages")
+            ))
+            .bind(serde_json::Value::Array(deliveries).to_string())
+            .execute(w.conn())
+            .await?;
         }
         let history: Vec<_> = written
             .iter()

@@ -247,6 +247,7 @@ async fn lost_lease_body(db: &TestDb) {
         token,
         now: t0,
         lease,
+        only_scheduled: false,
     };
     let a = store.claim(&claim("pass-a", Duration::from_millis(300))).await.expect("claim a");
     assert_eq!(a.len(), 1);

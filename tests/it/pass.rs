@@ -209,7 +209,7 @@ async fn one_off_body(db: &TestDb) {
     assert_eq!(count(&run_at(db, "2025-11-18T08:59:00+07:00").await, "generated"), 0);
     assert_eq!(count(&run_at(db, "2025-11-18T09:00:00+07:00").await, "sent"), 1);
     assert_eq!(count(&run_at(db, "2025-11-19T09:00:00+07:00").await, "generated"), 0);
-    assert_eq!(db.text("SELECT status FROM scheduled_messages").await.as_deref(), Some("done"));
+    assert_eq!(db.text("SELECT status FROM scheduled_messages").await.as_deref(), Some("sent"));
 }
 
 both!(opted_out_and_missing_contacts_are_reported_not_fatal, bad_rows_body);
