@@ -25,16 +25,29 @@ use crate::domain::window::SendWindow;
 #[derive(Debug, thiserror::Error)]
 #[error("{variable}: {problem}")]
 pub struct ConfigError {
-    pub variable: &'static str,
+    pub variable: std::borrow::Cow<'static, str>,
     pub problem: String,
 }
 
-fn bad(variable: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { variable, problem: problem.into() }
+fn bad(
+    variable: impl Into<std::borrow::Cow<'static, str>>,
+    problem: impl Into<String>,
+) -> ConfigError {
+    ConfigError { variable: variable.into(), problem: problem.into() }
 }
 
-/// The logical channels a contact can prefer, in the order `status` lists them.
-pub const CHANNELS: [&str; 3] = ["whatsapp", "telegram", "email"];
+/// A named WhatsApp connection (`WHATSAPP_CONNECTIONS`), configured like the default one with
+/// its settings prefixed `WHATSAPP_<NAME>_`: a second number, another WAHA session, another
+/// Fonnte device.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Lower case, as `contacts.whatsapp_connection` and `scheduled_messages.connection` name it.
+    pub name: String,
+    pub provider: WhatsApp,
+    pub rate: Rate,
+    /// Messages it may send per calendar month (`WHATSAPP_<NAME>_MONTHLY_QUOTA`).
+    pub monthly_quota: Option<u64>,
+}
 
 /// Where WhatsApp messages go.
 #[derive(Debug, Clone)]
@@ -70,6 +83,10 @@ pub struct Settings {
     /// chosen time, whatever the hour: a person picked it.
     pub scheduled_window: Option<SendWindow>,
     pub whatsapp: Option<WhatsApp>,
+    /// Messages the default WhatsApp connection may send per calendar month.
+    pub whatsapp_quota: Option<u64>,
+    /// The named WhatsApp connections, besides the default one.
+    pub connections: Vec<Connection>,
     pub telegram: Option<Telegram>,
     pub email: Option<Email>,
     pub whatsapp_rate: Rate,
@@ -183,6 +200,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "REMINDER_JOURNAL_DIR",
     "XDG_STATE_HOME",
     "WHATSAPP_PROVIDER",
+    "WHATSAPP_CONNECTIONS",
+    "WHATSAPP_MONTHLY_QUOTA",
     "TWILIO_ACCOUNT_SID",
     "TWILIO_AUTH_TOKEN",
     "TWILIO_WHATSAPP_FROM",
@@ -413,6 +432,8 @@ impl Settings {
                 ),
             },
             whatsapp: whatsapp(&get)?,
+            whatsapp_quota: quota(get("WHATSAPP_MONTHLY_QUOTA"), "WHATSAPP_MONTHLY_QUOTA".into())?,
+            connections: connections(&get, rate("REMINDER_WHATSAPP_RATE", "1")?)?,
             telegram: telegram(&get)?,
             email: email(&get, request_timeout)?,
             whatsapp_rate: rate("REMINDER_WHATSAPP_RATE", "1")?,
@@ -436,6 +457,29 @@ impl Settings {
             "whatsapp" => self.whatsapp_rate,
             "telegram" => self.telegram_rate,
             _ => self.email_rate,
+        }
+    }
+
+    /// The rate limit of a route: a named WhatsApp connection's own, else its channel's.
+    pub fn route_rate(&self, route: &crate::domain::channel::Route) -> Rate {
+        match &route.connection {
+            Some(name) => self
+                .connections
+                .iter()
+                .find(|c| &c.name == name)
+                .map_or(self.whatsapp_rate, |c| c.rate),
+            None => self.rate(route.channel.as_str()),
+        }
+    }
+
+    /// The monthly quota of a route, if it has one.
+    pub fn route_quota(&self, route: &crate::domain::channel::Route) -> Option<u64> {
+        match (&route.connection, route.channel) {
+            (Some(name), _) => {
+                self.connections.iter().find(|c| &c.name == name).and_then(|c| c.monthly_quota)
+            }
+            (None, crate::domain::channel::ChannelKind::WhatsApp) => self.whatsapp_quota,
+            (None, _) => None,
         }
     }
 
@@ -478,6 +522,67 @@ fn journal_dir<'a>(get: &impl Fn(&str) -> Option<&'a str>) -> PathBuf {
         return PathBuf::from(home).join(".local/state/reminderctl");
     }
     PathBuf::from(".reminderctl")
+}
+
+/// A monthly quota: a whole number of messages.
+fn quota(value: Option<&str>, variable: String) -> Result<Option<u64>, ConfigError> {
+    value
+        .map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(variable, format!("'{v}' is not a whole number of messages")))
+        })
+        .transpose()
+}
+
+/// The named WhatsApp connections. Each reads the default's variables with `WHATSAPP_<NAME>_`
+/// before them (`WHATSAPP_PROVIDER` becomes `WHATSAPP_<NAME>_PROVIDER`).
+fn connections<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    default_rate: Rate,
+) -> Result<Vec<Connection>, ConfigError> {
+    let Some(list) = get("WHATSAPP_CONNECTIONS") else { return Ok(Vec::new()) };
+    let mut out: Vec<Connection> = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let name = raw.to_ascii_lowercase();
+        let valid = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid || name == "default" {
+            return Err(bad(
+                "WHATSAPP_CONNECTIONS",
+                format!(
+                    "'{raw}' is not a connection name (letters, digits and _; 'default' is the \
+                     unnamed connection)"
+                ),
+            ));
+        }
+        if out.iter().any(|c| c.name == name) {
+            return Err(bad("WHATSAPP_CONNECTIONS", format!("'{raw}' is listed twice")));
+        }
+        let prefix = format!("WHATSAPP_{}_", name.to_ascii_uppercase());
+        let prefixed = |variable: &str| -> String {
+            format!("{prefix}{}", variable.strip_prefix("WHATSAPP_").unwrap_or(variable))
+        };
+        let named_get = |variable: &str| get(&prefixed(variable));
+        let rename = |mut e: ConfigError| {
+            e.variable = prefixed(&e.variable).into();
+            e
+        };
+        let provider = whatsapp(&named_get).map_err(rename)?.ok_or_else(|| {
+            bad(
+                prefixed("WHATSAPP_PROVIDER"),
+                format!("is required for the WhatsApp connection '{name}', with its settings"),
+            )
+        })?;
+        let rate = match get(&format!("{prefix}RATE")) {
+            None => default_rate,
+            Some(r) => Rate::parse(r).map_err(|e| bad(format!("{prefix}RATE"), e))?,
+        };
+        let monthly_quota =
+            quota(named_get("WHATSAPP_MONTHLY_QUOTA"), prefixed("WHATSAPP_MONTHLY_QUOTA"))?;
+        out.push(Connection { name, provider, rate, monthly_quota });
+    }
+    Ok(out)
 }
 
 /// Each WhatsApp provider and the variables whose presence means "this one is set up".

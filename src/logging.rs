@@ -33,7 +33,7 @@ impl LogSettings {
         let level = match get("LOG_LEVEL").map(str::to_ascii_lowercase) {
             None => "info",
             Some(l) => LEVELS.into_iter().find(|known| *known == l).ok_or_else(|| ConfigError {
-                variable: "LOG_LEVEL",
+                variable: "LOG_LEVEL".into(),
                 problem: format!(
                     "'{}' is not one of: {}",
                     crate::report::escape_control(&l),
@@ -46,7 +46,7 @@ impl LogSettings {
             Some("json") => true,
             Some(other) => {
                 return Err(ConfigError {
-                    variable: "LOG_FORMAT",
+                    variable: "LOG_FORMAT".into(),
                     problem: format!(
                         "'{}' is not one of: text, json",
                         crate::report::escape_control(other)

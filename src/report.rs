@@ -281,9 +281,30 @@ pub struct StatusReport {
     pub backend: &'static str,
     pub window: String,
     pub window_open: bool,
-    /// Each channel with its provider, or why it has none.
-    pub channels: Vec<(String, Result<String, String>)>,
+    /// Each route (a channel, and WhatsApp's connections) with its provider, or why it has none.
+    pub channels: Vec<StatusRoute>,
     pub data: StatusData,
+}
+
+/// One route as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct StatusRoute {
+    pub channel: String,
+    /// A named WhatsApp connection; `None` is the channel's default.
+    pub connection: Option<String>,
+    /// Where its shared state is kept (`whatsapp:gudang`).
+    pub key: String,
+    pub provider: Result<String, String>,
+    pub due: u64,
+    pub quota: Option<u64>,
+}
+
+impl StatusRoute {
+    /// The quota used this month, if it counts this month.
+    fn used<'a>(&self, data: &'a StatusData) -> Option<(&'a str, i64)> {
+        let slot = data.slots.iter().find(|s| s.channel == self.key)?;
+        Some((slot.quota_month.as_deref()?, slot.quota_used))
+    }
 }
 
 impl StatusReport {
@@ -293,16 +314,21 @@ impl StatusReport {
             "timezone": self.timezone.name(),
             "database": self.backend,
             "send_window": {"window": self.window, "open": self.window_open},
-            "channels": self.channels.iter().map(|(c, p)| {
-                let down = self.data.down.iter().find(|d| &d.channel == c);
+            "channels": self.channels.iter().map(|r| {
+                let down = self.data.down.iter().find(|d| d.channel == r.key);
                 json!({
-                    "channel": c,
-                    "provider": p.as_ref().ok(),
-                    "not_configured": p.as_ref().err(),
+                    "channel": r.channel,
+                    "connection": r.connection,
+                    "provider": r.provider.as_ref().ok(),
+                    "not_configured": r.provider.as_ref().err(),
                     "down": down.map(|d| json!({"reason": d.reason, "since": d.since.to_rfc3339()})),
-                    "rate_limit_wait_seconds": self.data.slots.iter().find(|s| &s.channel == c)
+                    "rate_limit_wait_seconds": self.data.slots.iter().find(|s| s.channel == r.key)
                         .map(|s| s.next_free_in.as_secs_f64()),
-                    "due": self.data.due.iter().find(|(ch, _)| ch == c).map_or(0, |(_, n)| *n),
+                    "due": r.due,
+                    "monthly_quota": r.quota.map(|limit| {
+                        let (month, used) = r.used(&self.data).unwrap_or(("", 0));
+                        json!({"limit": limit, "used": used, "month": month})
+                    }),
                 })
             }).collect::<Vec<_>>(),
             "counts": self.data.counts.iter().map(|c| json!({
@@ -334,9 +360,12 @@ impl StatusReport {
             if self.window_open { "open" } else { "closed, messages wait" }
         );
         let _ = writeln!(out, "\nChannels");
-        for (c, p) in &self.channels {
-            let due = self.data.due.iter().find(|(ch, _)| ch == c).map_or(0, |(_, n)| *n);
-            let state = match (p, self.data.down.iter().find(|d| &d.channel == c)) {
+        for r in &self.channels {
+            let label = match &r.connection {
+                None => r.channel.clone(),
+                Some(c) => format!("{} {}", r.channel, escape_control(c)),
+            };
+            let state = match (&r.provider, self.data.down.iter().find(|d| d.channel == r.key)) {
                 (Err(why), _) => format!("not configured: {why}"),
                 (Ok(p), Some(d)) => format!(
                     "{p}, DOWN since {}: {}",
@@ -349,7 +378,7 @@ impl StatusReport {
                 .data
                 .slots
                 .iter()
-                .find(|s| &s.channel == c && !s.next_free_in.is_zero())
+                .find(|s| s.channel == r.key && !s.next_free_in.is_zero())
                 .map(|s| {
                     format!(
                         "; held by the rate limit: next send slot in {:.0} s",
@@ -357,7 +386,14 @@ impl StatusReport {
                     )
                 })
                 .unwrap_or_default();
-            let _ = writeln!(out, "  {c:<9} {state}; {due} due now{held}");
+            let quota = r
+                .quota
+                .map(|limit| match r.used(&self.data) {
+                    Some((month, used)) => format!("; quota {used} of {limit} used in {month}"),
+                    None => format!("; quota {limit} a month, none used yet"),
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {label:<16} {state}; {} due now{held}{quota}", r.due);
         }
         let _ = writeln!(out, "\nMessages (kind, status, channel: count)");
         if self.data.counts.is_empty() {

@@ -66,3 +66,8 @@ CREATE UNIQUE INDEX messages_generated_once ON messages (dedup_key) WHERE origin
 -- Claims when only scheduled messages may go out (the rules' send window is closed).
 CREATE INDEX messages_pending_scheduled ON messages (channel, next_attempt_at, id)
     WHERE status = 'pending' AND kind = 'scheduled';
+
+-- A WhatsApp connection's monthly quota (`…_MONTHLY_QUOTA`), reserved as sends are claimed so
+-- that several passes together never exceed it; `channel` is the route's key (`whatsapp:gudang`).
+ALTER TABLE channel_state ADD COLUMN quota_month TEXT;
+ALTER TABLE channel_state ADD COLUMN quota_used BIGINT NOT NULL DEFAULT 0;

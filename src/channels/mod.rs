@@ -138,7 +138,7 @@ pub enum SetupError {
 
 /// The configured provider of each logical channel.
 pub struct Registry {
-    channels: Vec<(&'static str, std::sync::Arc<dyn Channel>)>,
+    routes: Vec<(crate::domain::channel::Route, std::sync::Arc<dyn Channel>)>,
 }
 
 impl Registry {
@@ -146,6 +146,7 @@ impl Registry {
     /// only when some channel needs it.
     pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, SetupError> {
         use crate::config::{Email, Telegram, WhatsApp};
+        use crate::domain::channel::{ChannelKind, Route};
         use std::sync::Arc;
         use whatsapp::{fonnte, starsender, waha};
 
@@ -163,22 +164,24 @@ impl Registry {
             client = Some(c.clone());
             Ok(c)
         };
-        let mut channels: Vec<(&'static str, Arc<dyn Channel>)> = Vec::new();
-        let whatsapp: Option<Arc<dyn Channel>> = match &settings.whatsapp {
-            Some(WhatsApp::Twilio(c)) => {
-                Some(Arc::new(twilio::TwilioChannel::new(c.clone(), http()?)))
-            }
-            Some(WhatsApp::Waha(c)) => Some(Arc::new(waha::WahaChannel::new(c.clone(), http()?))),
-            Some(WhatsApp::Fonnte(c)) => {
-                Some(Arc::new(fonnte::FonnteChannel::new(c.clone(), http()?)))
-            }
-            Some(WhatsApp::Starsender(c)) => {
-                Some(Arc::new(starsender::StarsenderChannel::new(c.clone(), http()?)))
-            }
-            Some(WhatsApp::Log) => Some(Arc::new(log::LogChannel::new("whatsapp"))),
-            None => None,
+        let mut channels: Vec<(Route, Arc<dyn Channel>)> = Vec::new();
+        let mut whatsapp = |provider: &WhatsApp| -> Result<Arc<dyn Channel>, SetupError> {
+            Ok(match provider {
+                WhatsApp::Twilio(c) => Arc::new(twilio::TwilioChannel::new(c.clone(), http()?)),
+                WhatsApp::Waha(c) => Arc::new(waha::WahaChannel::new(c.clone(), http()?)),
+                WhatsApp::Fonnte(c) => Arc::new(fonnte::FonnteChannel::new(c.clone(), http()?)),
+                WhatsApp::Starsender(c) => {
+                    Arc::new(starsender::StarsenderChannel::new(c.clone(), http()?))
+                }
+                WhatsApp::Log => Arc::new(log::LogChannel::new("whatsapp")),
+            })
         };
-        channels.extend(whatsapp.map(|c| ("whatsapp", c)));
+        if let Some(provider) = &settings.whatsapp {
+            channels.push((Route::of(ChannelKind::WhatsApp), whatsapp(provider)?));
+        }
+        for connection in &settings.connections {
+            channels.push((Route::whatsapp(&connection.name), whatsapp(&connection.provider)?));
+        }
         let telegram: Option<Arc<dyn Channel>> = match &settings.telegram {
             Some(Telegram::Bot(c)) => {
                 Some(Arc::new(telegram::TelegramChannel::new(c.clone(), http()?)))
@@ -186,7 +189,7 @@ impl Registry {
             Some(Telegram::Log) => Some(Arc::new(log::LogChannel::new("telegram"))),
             None => None,
         };
-        channels.extend(telegram.map(|c| ("telegram", c)));
+        channels.extend(telegram.map(|c| (Route::of(ChannelKind::Telegram), c)));
         let email: Option<Arc<dyn Channel>> = match &settings.email {
             Some(Email::Smtp(c)) => {
                 Some(Arc::new(email::SmtpChannel::new(c.clone()).map_err(SetupError::Email)?))
@@ -194,21 +197,29 @@ impl Registry {
             Some(Email::Log) => Some(Arc::new(log::LogChannel::new("email"))),
             None => None,
         };
-        channels.extend(email.map(|c| ("email", c)));
-        Ok(Self { channels })
+        channels.extend(email.map(|c| (Route::of(ChannelKind::Email), c)));
+        Ok(Self { routes: channels })
     }
 
-    /// A registry with the given adapters, for tests.
-    pub fn with(channels: Vec<(&'static str, std::sync::Arc<dyn Channel>)>) -> Self {
-        Self { channels }
-    }
-
+    /// A channel's default provider (for WhatsApp, the unnamed connection).
     pub fn get(&self, channel: &str) -> Option<std::sync::Arc<dyn Channel>> {
-        self.channels.iter().find(|(name, _)| *name == channel).map(|(_, c)| c.clone())
+        let channel = channel.parse().ok()?;
+        self.route(&crate::domain::channel::Route::of(channel))
     }
 
-    pub fn channels(&self) -> impl Iterator<Item = (&'static str, &std::sync::Arc<dyn Channel>)> {
-        self.channels.iter().map(|(n, c)| (*n, c))
+    /// The provider of one route.
+    pub fn route(
+        &self,
+        route: &crate::domain::channel::Route,
+    ) -> Option<std::sync::Arc<dyn Channel>> {
+        self.routes.iter().find(|(r, _)| r == route).map(|(_, c)| c.clone())
+    }
+
+    /// Every configured route, WhatsApp's connections after its default one.
+    pub fn routes(
+        &self,
+    ) -> impl Iterator<Item = (&crate::domain::channel::Route, &std::sync::Arc<dyn Channel>)> {
+        self.routes.iter().map(|(r, c)| (r, c))
     }
 }
 

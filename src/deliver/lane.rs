@@ -17,7 +17,7 @@ use super::prepare::{prepare, Job, Prepared};
 use super::tally::Tally;
 use super::{policy, Pass};
 use crate::channels::Channel;
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::Route;
 use crate::domain::outbox::{Answer, Kind, Outcome, Request, Resolution};
 use crate::store::{ClaimRequest, Claimed};
 
@@ -34,30 +34,47 @@ pub(super) struct Queued {
     pub lease_end: Instant,
 }
 
-/// Runs one channel until nothing is due, the budget is spent, or the lane stops.
-pub(super) async fn run(
-    pass: &Pass<'_>,
-    channel: ChannelKind,
-    provider: Arc<dyn Channel>,
-    tally: Arc<Tally>,
-) {
+/// Runs one route until nothing is due, the budget is spent, or the lane stops.
+pub(super) async fn run(pass: &Pass<'_>, provider: Arc<dyn Channel>, tally: Arc<Tally>) {
+    let route = tally.route().clone();
     // The log provider reaches nobody's phone, so no gateway needs protecting from it.
     let interval_ns = if provider.provider() == "log" || pass.manual {
         None
     } else {
         pass.settings
-            .rate(channel.as_str())
+            .route_rate(&route)
             .interval()
             .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
             .filter(|ns| *ns > 0)
     };
+    // A monthly quota counts in the calendar month of the real clock, where the zone says.
+    let quota = pass.settings.route_quota(&route).map(|q| {
+        let month = crate::clock::real_now().with_timezone(&pass.settings.timezone);
+        (q, month.format("%Y-%m").to_string())
+    });
     // The queue holds one batch: the next is claimed once the sender has taken the last one,
     // so no claimed message waits behind more than a batch.
     let (tx, rx) = mpsc::channel::<Queued>(batch_size(pass) as usize);
     let drained = Notify::new();
-    let claimer = claimer(pass, channel, interval_ns, &tally, tx, &drained);
+    let lane = Lane { route: &route, interval_ns, quota: quota.as_ref() };
+    let claimer = claimer(pass, &lane, &tally, tx, &drained);
     let sender = sender(pass, provider, &tally, rx, Some(&drained));
-    tokio::join!(claimer, sender);
+    let (reserved, ()) = tokio::join!(claimer, sender);
+    // Quota reserved for messages that did not go out is given back.
+    if let Some((_, month)) = &quota {
+        let unused = u32::try_from(u64::from(reserved).saturating_sub(tally.sent())).unwrap_or(0);
+        if let Err(e) = pass.store.return_quota(&route, month, unused).await {
+            tracing::warn!(error = %e, route = %route, "could not give back unused quota");
+        }
+    }
+}
+
+/// What a claimer works within.
+struct Lane<'a> {
+    route: &'a Route,
+    interval_ns: Option<i64>,
+    /// The monthly quota and the month it counts.
+    quota: Option<&'a (u64, String)>,
 }
 
 /// Most messages claimed at once: what the delivery slots can start soon.
@@ -80,15 +97,17 @@ fn must_stop(pass: &Pass<'_>, tally: &Tally) -> Option<String> {
     None
 }
 
-/// Claims batches for a lane and queues them with their send slot and lease.
+/// Claims batches for a lane and queues them with their send slot and lease; returns how many
+/// of its route's monthly quota it reserved for what it claimed.
 async fn claimer(
     pass: &Pass<'_>,
-    channel: ChannelKind,
-    interval_ns: Option<i64>,
+    lane: &Lane<'_>,
     tally: &Tally,
     queue: mpsc::Sender<Queued>,
     drained: &Notify,
-) {
+) -> u32 {
+    let route = lane.route;
+    let mut reserved: u32 = 0;
     let concurrency = u32::try_from(pass.settings.concurrency).unwrap_or(u32::MAX).max(1);
     let want = batch_size(pass);
     loop {
@@ -97,27 +116,64 @@ async fn claimer(
         }
         if let Some(reason) = must_stop(pass, tally) {
             tally.pause(reason);
-            return;
+            return reserved;
         }
         // Outside the rules' send window only scheduled messages are claimed; outside both,
         // nothing is.
         let rules_open = pass.manual || pass.window_open_for(Kind::Dunning);
         if !rules_open && !pass.window_open_for(Kind::Scheduled) {
             tally.note("the send window closed during the pass");
-            return;
+            return reserved;
         }
-        let Some(left) = pass.deadline.checked_duration_since(Instant::now()) else { return };
-        let grant = match interval_ns {
+        let Some(left) = pass.deadline.checked_duration_since(Instant::now()) else {
+            return reserved;
+        };
+        // A monthly quota is reserved before claiming, so that several passes together stop
+        // before it is exceeded.
+        let mut want = want;
+        if let Some((quota, month)) = lane.quota {
+            match pass.store.reserve_quota(route, month, *quota, want).await {
+                Ok(0) => {
+                    let due = pass.store.count_due(route, pass.clock.now()).await.unwrap_or(0);
+                    if due > 0 {
+                        tally.waiting(due);
+                        tally.note(format!(
+                            "monthly quota of {quota} reached for {month}; {due} due message(s) \
+                             wait for next month"
+                        ));
+                    }
+                    return reserved;
+                }
+                Ok(granted) => want = granted,
+                Err(e) => {
+                    pass.halt.set(format!("cannot reserve the monthly quota of {route}: {e}"));
+                    return reserved;
+                }
+            }
+        }
+        let give_back_quota = |claimed: u32| {
+            let unused = want.saturating_sub(claimed);
+            async move {
+                if let (Some((_, month)), true) = (lane.quota, unused > 0) {
+                    if let Err(e) = pass.store.return_quota(route, month, unused).await {
+                        tracing::warn!(error = %e, "could not give back unused quota");
+                    }
+                }
+            }
+        };
+        let grant = match lane.interval_ns {
             None => None,
-            Some(interval) => match pass.store.reserve_slots(channel, want, interval, left).await {
+            Some(interval) => match pass.store.reserve_slots(route, want, interval, left).await {
                 Ok(Some(g)) => Some((g, Instant::now())),
                 Ok(None) => {
-                    held_by_rate_limit(pass, channel, tally).await;
-                    return;
+                    give_back_quota(0).await;
+                    held_by_rate_limit(pass, route, tally).await;
+                    return reserved;
                 }
                 Err(e) => {
-                    pass.halt.set(format!("cannot reserve rate-limit slots for {channel}: {e}"));
-                    return;
+                    give_back_quota(0).await;
+                    pass.halt.set(format!("cannot reserve rate-limit slots for {route}: {e}"));
+                    return reserved;
                 }
             },
         };
@@ -128,7 +184,7 @@ async fn claimer(
         let lease = last_slot + pass.settings.request_timeout * (2 + limit.div_ceil(concurrency));
         let claim_start = Instant::now();
         let request = ClaimRequest {
-            channel,
+            route,
             limit: i64::from(limit),
             token: &pass.token,
             now: pass.clock.now(),
@@ -138,20 +194,26 @@ async fn claimer(
         let claimed = match pass.store.claim(&request).await {
             Ok(c) => c,
             Err(e) => {
-                pass.halt.set(format!("cannot claim {channel} messages: {e}"));
-                return;
+                give_back_quota(0).await;
+                pass.halt.set(format!("cannot claim {route} messages: {e}"));
+                return reserved;
             }
         };
+        let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+        give_back_quota(count).await;
+        if lane.quota.is_some() {
+            reserved = reserved.saturating_add(count);
+        }
         if let Some((g, _)) = grant {
-            let unused = g.count.saturating_sub(claimed.len() as u32);
+            let unused = g.count.saturating_sub(count);
             if unused > 0 {
-                if let Err(e) = pass.store.return_slots(channel, g, unused).await {
+                if let Err(e) = pass.store.return_slots(route, g, unused).await {
                     tracing::warn!(error = %e, "could not give back unused rate-limit slots");
                 }
             }
         }
         if claimed.is_empty() {
-            return;
+            return reserved;
         }
         let lease_end = claim_start + lease;
         let mut batch = claimed.into_iter().enumerate();
@@ -165,7 +227,7 @@ async fn claimer(
                 for claimed in std::iter::once(item.claimed).chain(batch.map(|(_, c)| c)) {
                     release(pass, tally, claimed, &reason).await;
                 }
-                return;
+                return reserved;
             }
         }
     }
@@ -173,9 +235,9 @@ async fn claimer(
 
 /// No slot is free before the pass's budget ends: the rest waits for the next pass, and the
 /// summary says why.
-async fn held_by_rate_limit(pass: &Pass<'_>, channel: ChannelKind, tally: &Tally) {
-    let rate = pass.settings.rate(channel.as_str());
-    let due = pass.store.count_due(channel, pass.clock.now()).await.unwrap_or(0);
+async fn held_by_rate_limit(pass: &Pass<'_>, route: &Route, tally: &Tally) {
+    let rate = pass.settings.route_rate(route);
+    let due = pass.store.count_due(route, pass.clock.now()).await.unwrap_or(0);
     if due > 0 {
         tally.waiting(due);
         tally.note(format!(
@@ -328,9 +390,10 @@ async fn send(ctx: Sending, claimed: Claimed, job: Job, permit: OwnedSemaphorePe
         policy::resolve(job.attempting(), result, ctx.max_attempts, now, rand::random::<f64>());
     let resolution = if ctx.manual { policy::settle_manual(resolution) } else { resolution };
     let channel = job.row.channel;
+    let route = ctx.tally.route();
     match (&answer, &resolution) {
         (Answer::Accepted, _) if !ctx.tally.seen_success.swap(true, Ordering::SeqCst) => {
-            if let Err(e) = ctx.store.set_channel_down(channel, None, now).await {
+            if let Err(e) = ctx.store.set_channel_down(route, None, now).await {
                 tracing::warn!(error = %e, "could not clear the channel's down state");
             }
         }
@@ -341,7 +404,7 @@ async fn send(ctx: Sending, claimed: Claimed, job: Job, permit: OwnedSemaphorePe
         }
         (Answer::ChannelDown, Resolution::Retry { reason, .. }) => {
             ctx.tally.pause(format!("channel down: {reason}"));
-            if let Err(e) = ctx.store.set_channel_down(channel, Some(reason), now).await {
+            if let Err(e) = ctx.store.set_channel_down(route, Some(reason), now).await {
                 tracing::warn!(error = %e, "could not record the channel's down state");
             }
         }

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::channels::{Channel, Registry};
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::Kind;
 use crate::report::{ChannelLine, DeliveryReport, Detail};
 use crate::store::{Store, StoreError};
@@ -194,31 +194,21 @@ impl Delivery<'_> {
         let now = self.clock.now();
         let mut lines: Vec<ChannelLine> = Vec::new();
         let mut details: Vec<Detail> = Vec::new();
-        let mut round: Vec<(ChannelKind, Arc<dyn Channel>)> = Vec::new();
-        for channel in ChannelKind::ALL {
-            match self.registry.get(channel.as_str()) {
-                Some(provider) if report.window_closed.is_none() || scheduled_open => {
-                    round.push((channel, provider));
-                }
-                provider => {
-                    let waiting = self.store.count_due(channel, now).await?;
-                    let name = provider.map(|p| p.provider().to_string());
-                    if waiting > 0 || name.is_some() {
-                        lines.push(ChannelLine {
-                            channel: channel.as_str().to_string(),
-                            note: Some(if name.is_none() {
-                                Settings::unconfigured_reason(channel.as_str()).to_string()
-                            } else {
-                                "send window closed".to_string()
-                            }),
-                            provider: name,
-                            waiting,
-                            ..ChannelLine::default()
-                        });
-                    }
-                }
+        let mut round: Vec<(Route, Arc<dyn Channel>)> = Vec::new();
+        for (route, provider) in self.registry.routes() {
+            if report.window_closed.is_none() || scheduled_open {
+                round.push((route.clone(), provider.clone()));
+            } else {
+                lines.push(ChannelLine {
+                    channel: route.to_string(),
+                    provider: Some(provider.provider().to_string()),
+                    waiting: self.store.count_due(route, now).await?,
+                    note: Some("send window closed".to_string()),
+                    ..ChannelLine::default()
+                });
             }
         }
+        lines.extend(self.unrouted(now).await?);
         let token = claim_token();
         let halt = Arc::new(Halt::default());
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
@@ -248,12 +238,12 @@ impl Delivery<'_> {
             };
             let tallies: Vec<Arc<Tally>> = round
                 .iter()
-                .map(|(c, p)| Arc::new(Tally::new(*c, p.provider(), self.keep())))
+                .map(|(r, p)| Arc::new(Tally::new(r.clone(), p.provider(), self.keep())))
                 .collect();
             let running = round
                 .iter()
                 .zip(&tallies)
-                .map(|((c, p), t)| lane::run(&pass, *c, p.clone(), t.clone()));
+                .map(|((_, p), t)| lane::run(&pass, p.clone(), t.clone()));
             futures::future::join_all(running).await;
             drop(pass);
             let written = written.await.unwrap_or_default();
@@ -268,22 +258,27 @@ impl Delivery<'_> {
                     None => lines.push(line),
                 }
             }
-            // Fallback rows go out in this pass when their channel's lane can still take them.
+            // Fallback rows (on a channel's default route) go out in this pass when that lane
+            // can still take them.
             round = written
                 .fallbacks
                 .iter()
                 .filter_map(|c| {
+                    let route = Route::of(*c);
                     let usable = tallies
                         .iter()
-                        .find(|t| t.channel() == *c)
+                        .find(|t| *t.route() == route)
                         .is_none_or(|t| t.paused().is_none());
-                    let provider = self.registry.get(c.as_str())?;
-                    (usable && Instant::now() < deadline).then_some((*c, provider))
+                    let provider = self.registry.route(&route)?;
+                    (usable && Instant::now() < deadline).then_some((route, provider))
                 })
                 .collect();
         }
+        let order: Vec<String> = self.registry.routes().map(|(r, _)| r.to_string()).collect();
         lines.sort_by_key(|l| {
-            l.channel.parse::<ChannelKind>().map_or(usize::MAX, ChannelKind::index)
+            let channel = l.channel.split(' ').next().unwrap_or_default();
+            let kind = channel.parse::<ChannelKind>().map_or(usize::MAX, ChannelKind::index);
+            (kind, order.iter().position(|o| *o == l.channel).unwrap_or(usize::MAX))
         });
         report.channels = lines;
         report.details = details;
@@ -291,6 +286,49 @@ impl Delivery<'_> {
             report.halted = halt.reason().map(str::to_string);
         }
         Ok(report)
+    }
+
+    /// Due messages no configured route can take: a channel without a provider, or a WhatsApp
+    /// connection that is not configured. They wait, and the summary says why.
+    async fn unrouted(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<ChannelLine>, StoreError> {
+        let mut lines = Vec::new();
+        for channel in [ChannelKind::Telegram, ChannelKind::Email] {
+            if self.registry.route(&Route::of(channel)).is_none() {
+                let waiting = self.store.count_due(&Route::of(channel), now).await?;
+                if waiting > 0 {
+                    lines.push(ChannelLine {
+                        channel: channel.as_str().to_string(),
+                        waiting,
+                        note: Some(Settings::unconfigured_reason(channel.as_str()).to_string()),
+                        ..ChannelLine::default()
+                    });
+                }
+            }
+        }
+        for (connection, waiting) in self.store.due_by_connection(now).await? {
+            let route = Route { channel: ChannelKind::WhatsApp, connection: connection.clone() };
+            if self.registry.route(&route).is_some() || waiting == 0 {
+                continue;
+            }
+            let note = match &connection {
+                None => Settings::unconfigured_reason("whatsapp").to_string(),
+                Some(name) => format!(
+                    "no WhatsApp connection '{name}' is configured (add it to \
+                     WHATSAPP_CONNECTIONS, with WHATSAPP_{}_PROVIDER and its settings)",
+                    name.to_ascii_uppercase()
+                ),
+            };
+            lines.push(ChannelLine {
+                channel: route.to_string(),
+                waiting,
+                note: Some(note),
+                ..ChannelLine::default()
+            });
+        }
+        Ok(lines)
     }
 
     /// Delivers the given messages now, outside the send window and the rate limits: a person
@@ -321,24 +359,35 @@ impl Delivery<'_> {
             manual: true,
         };
         let mut tallies = Vec::new();
-        for channel in ChannelKind::ALL {
+        let mut routes: Vec<Route> = claimed
+            .iter()
+            .filter_map(|c| c.row.as_ref().ok())
+            .map(|r| Route { channel: r.channel, connection: r.connection.clone() })
+            .collect();
+        routes.sort();
+        routes.dedup();
+        for route in routes {
             let mine: Vec<_> = claimed
                 .iter()
-                .filter(|c| c.row.as_ref().is_ok_and(|r| r.channel == channel))
+                .filter(|c| {
+                    c.row.as_ref().is_ok_and(|r| {
+                        r.channel == route.channel && r.connection == route.connection
+                    })
+                })
                 .cloned()
                 .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let Some(provider) = self.registry.get(channel.as_str()) else {
-                let tally = Tally::new(channel, "none", usize::MAX);
-                let reason = Settings::unconfigured_reason(channel.as_str());
+            let Some(provider) = self.registry.route(&route) else {
+                let tally = Tally::new(route.clone(), "none", usize::MAX);
+                let reason = match &route.connection {
+                    None => Settings::unconfigured_reason(route.channel.as_str()).to_string(),
+                    Some(name) => format!("no WhatsApp connection '{name}' is configured"),
+                };
                 for c in mine {
-                    lane::release_now(&pass, &tally, c, reason).await;
+                    lane::release_now(&pass, &tally, c, &reason).await;
                 }
                 continue;
             };
-            let tally = Arc::new(Tally::new(channel, provider.provider(), usize::MAX));
+            let tally = Arc::new(Tally::new(route, provider.provider(), usize::MAX));
             lane::send_claimed(&pass, provider, &tally, mine, claim_start + lease).await;
             tallies.push(tally);
         }
@@ -361,43 +410,36 @@ impl Delivery<'_> {
         let now = self.clock.now();
         let mut report =
             DeliveryReport { window_closed: self.window_note(), ..DeliveryReport::default() };
-        for channel in ChannelKind::ALL {
-            let waiting = self.store.count_due(channel, now).await?;
-            let keep = if self.all_details { waiting } else { HUMAN_DETAILS as u64 };
-            let due = self
-                .store
-                .preview_due(channel, now, i64::try_from(keep.min(waiting)).unwrap_or(i64::MAX))
-                .await?;
-            let provider = self.registry.get(channel.as_str()).map(|p| p.provider().to_string());
-            let sendable = provider.is_some() && report.window_closed.is_none();
-            if waiting == 0 && provider.is_none() {
-                continue;
-            }
+        let sendable = report.window_closed.is_none();
+        let mut shown: Vec<ChannelKind> = Vec::new();
+        for (route, provider) in self.registry.routes() {
+            let waiting = self.store.count_due(route, now).await?;
             report.channels.push(ChannelLine {
-                channel: channel.as_str().to_string(),
-                provider: provider.clone(),
+                channel: route.to_string(),
+                provider: Some(provider.provider().to_string()),
                 waiting,
-                note: (!sendable).then(|| {
-                    if provider.is_none() {
-                        Settings::unconfigured_reason(channel.as_str()).to_string()
-                    } else {
-                        "send window closed".to_string()
-                    }
-                }),
+                note: (!sendable).then(|| "send window closed".to_string()),
                 ..ChannelLine::default()
             });
+            if shown.contains(&route.channel) {
+                continue;
+            }
+            shown.push(route.channel);
+            let keep = if self.all_details { i64::MAX } else { HUMAN_DETAILS as i64 };
+            let due = self.store.preview_due(route.channel, now, keep).await?;
             report.details.extend(due.into_iter().map(|p| Detail {
                 id: Some(p.id),
                 kind: p.kind,
                 stage: p.stage,
                 channel: p.channel,
-                provider: provider.clone(),
+                provider: Some(provider.provider().to_string()),
                 recipient: None,
                 status: if sendable { "would send".into() } else { "would wait".into() },
                 error: None,
                 provider_message_id: None,
             }));
         }
+        report.channels.extend(self.unrouted(now).await?);
         Ok(report)
     }
 }

@@ -417,6 +417,7 @@ mod tests {
                 attempts: 0,
                 expired_leases: 0,
                 contact_id: Some(1),
+                connection: None,
             }),
             contact: Some(contact()),
             invoice: Some(InvoiceRow {

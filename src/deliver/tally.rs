@@ -4,14 +4,14 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::{Outcome, Resolution, RetryCause};
 use crate::report::{ChannelLine, Detail};
 use crate::store::Claimed;
 
 /// Counters of one lane, shared by its claimer, its sender and their send tasks.
 pub struct Tally {
-    channel: ChannelKind,
+    route: Route,
     provider: &'static str,
     sent: AtomicU64,
     failed: AtomicU64,
@@ -33,9 +33,9 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn new(channel: ChannelKind, provider: &'static str, keep: usize) -> Self {
+    pub fn new(route: Route, provider: &'static str, keep: usize) -> Self {
         Self {
-            channel,
+            route,
             provider,
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -55,7 +55,16 @@ impl Tally {
     }
 
     pub fn channel(&self) -> ChannelKind {
-        self.channel
+        self.route.channel
+    }
+
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// Messages this lane sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Stops the lane from starting new sends; the first reason is the one reported.
@@ -105,7 +114,7 @@ impl Tally {
             id: Some(outcome.id),
             kind: row.map_or_else(|| "unknown".into(), |r| r.kind.as_str().to_string()),
             stage: row.and_then(|r| r.stage.clone()),
-            channel: self.channel.as_str().to_string(),
+            channel: self.route.channel.as_str().to_string(),
             provider: outcome.request.as_ref().map(|r| r.provider.clone()),
             recipient: outcome.request.as_ref().map(|r| r.recipient.clone()),
             status,
@@ -121,7 +130,7 @@ impl Tally {
     pub fn finish(&self) -> (ChannelLine, Vec<Detail>) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let line = ChannelLine {
-            channel: self.channel.as_str().to_string(),
+            channel: self.route.to_string(),
             provider: Some(self.provider.to_string()),
             sent: get(&self.sent),
             failed: get(&self.failed),

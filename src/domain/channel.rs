@@ -56,6 +56,44 @@ impl FromStr for ChannelKind {
     }
 }
 
+/// Where a lane sends: a channel and, for WhatsApp, one of its connections (`None` is the
+/// default one). Rate limits, health and quotas are kept per route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    pub channel: ChannelKind,
+    pub connection: Option<String>,
+}
+
+impl Route {
+    /// A channel's default route.
+    pub fn of(channel: ChannelKind) -> Self {
+        Self { channel, connection: None }
+    }
+
+    /// A named WhatsApp connection.
+    pub fn whatsapp(connection: &str) -> Self {
+        Self { channel: ChannelKind::WhatsApp, connection: Some(connection.to_string()) }
+    }
+
+    /// The key its shared state is kept under: `whatsapp`, `whatsapp:gudang`.
+    pub fn key(&self) -> String {
+        match &self.connection {
+            None => self.channel.as_str().to_string(),
+            Some(c) => format!("{}:{c}", self.channel),
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    /// As people read it: `whatsapp`, `whatsapp gudang`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.connection {
+            None => write!(f, "{}", self.channel),
+            Some(c) => write!(f, "{} {c}", self.channel),
+        }
+    }
+}
+
 /// A channel preference (SPEC §10): `,` separates fallbacks, tried in order, and `+` joins
 /// channels that all get the reminder. `whatsapp+email,telegram` sends on WhatsApp and email,
 /// and falls back to Telegram for whichever of the two failed. Names that are not channels are

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::{Kind, Outcome};
 
 pub mod postgres;
@@ -200,7 +200,7 @@ pub struct InputScan {
 /// clock (SPEC §10).
 #[derive(Debug, Clone)]
 pub struct ClaimRequest<'a> {
-    pub channel: ChannelKind,
+    pub route: &'a Route,
     pub limit: i64,
     pub token: &'a str,
     pub now: DateTime<Utc>,
@@ -228,6 +228,8 @@ pub struct ClaimedRow {
     /// Passes that died holding this message (their lease ran out without a result).
     pub expired_leases: i32,
     pub contact_id: Option<i64>,
+    /// The WhatsApp connection it goes through (`None` is the default one).
+    pub connection: Option<String>,
 }
 
 /// The contact behind a message, as it is now.
@@ -388,12 +390,15 @@ pub struct ChannelDown {
     pub since: DateTime<Utc>,
 }
 
-/// A channel's shared rate limiter, as `status` shows it.
+/// A route's shared state, as `status` shows it (`channel` is the route's key).
 #[derive(Debug, Clone)]
 pub struct SlotState {
     pub channel: String,
-    /// How long until its next free slot (zero when free now).
+    /// How long until its rate limiter's next free slot (zero when free now).
     pub next_free_in: Duration,
+    /// The calendar month its quota counts (`2025-11`), and what it used then.
+    pub quota_month: Option<String>,
+    pub quota_used: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -518,19 +523,29 @@ pub trait Store: Send + Sync {
     /// Cancels queued dunning messages whose invoice is paid or cancelled.
     async fn cancel_settled(&self, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<GenRow>>;
 
-    /// Reserves up to `count` send slots of `interval_ns` on `channel`, none later than
+    /// Reserves up to `count` send slots of `interval_ns` on a route, none later than
     /// `horizon` from now on the store's clock. Shared by every pass on this database.
     async fn reserve_slots(
         &self,
-        channel: ChannelKind,
+        route: &Route,
         count: u32,
         interval_ns: i64,
         horizon: Duration,
     ) -> Result<Option<SlotGrant>>;
 
     /// Gives back the last `unused` slots of a grant, if nobody reserved after it.
-    async fn return_slots(&self, channel: ChannelKind, grant: SlotGrant, unused: u32)
-        -> Result<()>;
+    async fn return_slots(&self, route: &Route, grant: SlotGrant, unused: u32) -> Result<()>;
+
+    /// Reserves up to `want` sends of a route's monthly quota `quota` in `month` (`2025-11`);
+    /// returns how many were granted. Shared by every pass on this database.
+    async fn reserve_quota(&self, route: &Route, month: &str, quota: u64, want: u32)
+        -> Result<u32>;
+
+    /// Gives back reserved sends that did not go out.
+    async fn return_quota(&self, route: &Route, month: &str, unused: u32) -> Result<()>;
+
+    /// Due WhatsApp messages per connection (`None` is the default one).
+    async fn due_by_connection(&self, now: DateTime<Utc>) -> Result<Vec<(Option<String>, u64)>>;
 
     /// Claims up to `limit` due messages of a channel for this pass: pending ones whose time
     /// has come on the business clock, and ones whose lease ran out on the store's clock.
@@ -542,10 +557,10 @@ pub trait Store: Send + Sync {
     /// Writes outcomes back, only where this pass still holds the claim.
     async fn record(&self, token: &str, outcomes: &[Outcome]) -> Result<Recorded>;
 
-    /// Marks a channel down (with the reason) or up (`None`).
+    /// Marks a route down (with the reason) or up (`None`).
     async fn set_channel_down(
         &self,
-        channel: ChannelKind,
+        route: &Route,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()>;
@@ -558,8 +573,8 @@ pub trait Store: Send + Sync {
         limit: i64,
     ) -> Result<Vec<Preview>>;
 
-    /// How many messages of a channel are due now.
-    async fn count_due(&self, channel: ChannelKind, now: DateTime<Utc>) -> Result<u64>;
+    /// How many messages of a route are due now.
+    async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64>;
 
     /// Counts, latest failures, channel health and rate limiters.
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData>;

@@ -21,7 +21,7 @@ use super::{
     Result, ScheduledAdvance, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store,
     StoreError, TestContact, VehicleRow, Written,
 };
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::Outcome;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -163,7 +163,8 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
                 u.contact_id, \
                 CASE WHEN u.contact_found IS NULL THEN 'whatsapp' ELSE COALESCE(u.lead, u.shown) END \
                     AS channel, \
-                CASE WHEN u.lead = 'whatsapp' THEN u.connection END AS connection, \
+                CASE WHEN u.lead = 'whatsapp' THEN NULLIF(NULLIF(lower(btrim(u.connection)), ''), \
+                    'default') END AS connection, \
                 u.body, u.media_url, 0 AS fanout, \
                 CASE WHEN u.contact_found IS NULL OR u.lead IS NULL THEN 'failed' \
                      WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
@@ -179,7 +180,8 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
         format!(
             "SELECT '{kind}'::text AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, \
                     u.contact_id, ch.c AS channel, \
-                    CASE WHEN ch.c = 'whatsapp' THEN u.connection END AS connection, \
+                    CASE WHEN ch.c = 'whatsapp' THEN NULLIF(NULLIF(lower(btrim(u.connection)), ''), \
+                        'default') END AS connection, \
                     u.body, u.media_url, 1 AS fanout, \
                     CASE WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
                     CASE WHEN u.opted_out THEN 'contact opted out' END AS last_error \
@@ -265,7 +267,7 @@ fn generated(rows: Vec<PgRow>) -> Result<Generated> {
 /// Our columns of a claimed row, then what delivery needs from the input tables.
 const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_date, cl.channel, \
     cl.subject, cl.body, cl.media_url, cl.recipient, cl.attempts, cl.expired_leases, \
-    cl.contact_id, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, c.channels, \
+    cl.contact_id, cl.connection, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, c.channels, \
     (c.opted_out_at IS NOT NULL) AS opted_out, i.id AS i_id, i.number, i.amount, i.due_date, \
     i.status AS i_status, v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date, \
     sm.id AS s_id, sm.status AS s_status, sm.body AS s_body, sm.caption AS s_caption, \
@@ -305,6 +307,7 @@ fn claimed(row: &PgRow) -> Claimed {
             attempts: row.try_get("attempts").map_err(e("attempts"))?,
             expired_leases: row.try_get("expired_leases").map_err(e("expired_leases"))?,
             contact_id: row.try_get("contact_id").map_err(e("contact_id"))?,
+            connection: row.try_get("connection").map_err(e("connection"))?,
         })
     })();
     let contact = row.try_get::<Option<i64>, _>("c_id").ok().flatten().map(|cid| {
@@ -593,15 +596,16 @@ impl Store for PgStore {
 
     async fn reserve_slots(
         &self,
-        channel: ChannelKind,
+        route: &Route,
         count: u32,
         interval_ns: i64,
         horizon: Duration,
     ) -> Result<Option<SlotGrant>> {
+        let key = route.key();
         let mut c = self.pooled().await?;
         let mut tx = c.conn().begin().await?;
         sqlx::query("INSERT INTO channel_state (channel) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(channel.as_str())
+            .bind(&key)
             .execute(&mut *tx)
             .await?;
         // The server's clock, in exact integer nanoseconds (extract returns numeric).
@@ -609,13 +613,13 @@ impl Store for PgStore {
             "SELECT next_slot_ns, (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint \
              FROM channel_state WHERE channel = $1 FOR UPDATE",
         )
-        .bind(channel.as_str())
+        .bind(&key)
         .fetch_one(&mut *tx)
         .await?;
         let grant = super::slots(next, count, interval_ns, now_ns, horizon);
         if let Some(g) = grant {
             sqlx::query("UPDATE channel_state SET next_slot_ns = $2 WHERE channel = $1")
-                .bind(channel.as_str())
+                .bind(&key)
                 .bind(g.end_ns)
                 .execute(&mut *tx)
                 .await?;
@@ -625,24 +629,84 @@ impl Store for PgStore {
         Ok(grant)
     }
 
-    async fn return_slots(
-        &self,
-        channel: ChannelKind,
-        grant: SlotGrant,
-        unused: u32,
-    ) -> Result<()> {
+    async fn return_slots(&self, route: &Route, grant: SlotGrant, unused: u32) -> Result<()> {
         let mut c = self.pooled().await?;
         sqlx::query(
             "UPDATE channel_state SET next_slot_ns = next_slot_ns - $3 \
              WHERE channel = $1 AND next_slot_ns = $2",
         )
-        .bind(channel.as_str())
+        .bind(route.key())
         .bind(grant.end_ns)
         .bind(i64::from(unused).saturating_mul(grant.interval_ns))
         .execute(c.conn())
         .await?;
         c.done();
         Ok(())
+    }
+
+    async fn reserve_quota(
+        &self,
+        route: &Route,
+        month: &str,
+        quota: u64,
+        want: u32,
+    ) -> Result<u32> {
+        let quota = i64::try_from(quota).unwrap_or(i64::MAX);
+        let mut c = self.pooled().await?;
+        let mut tx = c.conn().begin().await?;
+        sqlx::query("INSERT INTO channel_state (channel) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(route.key())
+            .execute(&mut *tx)
+            .await?;
+        let granted: i64 = sqlx::query_scalar(
+            "WITH cur AS (SELECT CASE WHEN quota_month = $2 THEN quota_used ELSE 0 END AS used \
+                 FROM channel_state WHERE channel = $1 FOR UPDATE), \
+             g AS (SELECT LEAST($4::bigint, GREATEST($3::bigint - used, 0)) AS n, used FROM cur) \
+             UPDATE channel_state SET quota_month = $2, quota_used = g.used + g.n FROM g \
+             WHERE channel = $1 RETURNING g.n",
+        )
+        .bind(route.key())
+        .bind(month)
+        .bind(quota)
+        .bind(i64::from(want))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        c.done();
+        Ok(granted.max(0) as u32)
+    }
+
+    async fn return_quota(&self, route: &Route, month: &str, unused: u32) -> Result<()> {
+        if unused == 0 {
+            return Ok(());
+        }
+        let mut c = self.pooled().await?;
+        sqlx::query(
+            "UPDATE channel_state SET quota_used = GREATEST(quota_used - $3, 0) \
+             WHERE channel = $1 AND quota_month = $2",
+        )
+        .bind(route.key())
+        .bind(month)
+        .bind(i64::from(unused))
+        .execute(c.conn())
+        .await?;
+        c.done();
+        Ok(())
+    }
+
+    async fn due_by_connection(&self, now: DateTime<Utc>) -> Result<Vec<(Option<String>, u64)>> {
+        let mut p = self.primary().await?;
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT connection, count(*) FROM messages \
+             WHERE channel = 'whatsapp' AND ((status = 'pending' AND next_attempt_at <= $1) \
+                 OR (status = 'sending' AND claimed_until <= now())) \
+             GROUP BY connection ORDER BY connection",
+        )
+        .bind(now)
+        .fetch_all(p.conn()?)
+        .await?;
+        p.done();
+        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>> {
@@ -653,11 +717,13 @@ impl Store for PgStore {
         let sql = format!(
             "WITH expired AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND status = 'sending' AND claimed_until <= now(){kinds} \
+                 WHERE channel = $1 AND connection IS NOT DISTINCT FROM $6 \
+                   AND status = 'sending' AND claimed_until <= now(){kinds} \
                  ORDER BY claimed_until LIMIT $3 FOR UPDATE SKIP LOCKED \
              ), waiting AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND status = 'pending' AND next_attempt_at <= $2{kinds} \
+                 WHERE channel = $1 AND connection IS NOT DISTINCT FROM $6 \
+                   AND status = 'pending' AND next_attempt_at <= $2{kinds} \
                  ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED \
              ), due AS ( \
                  SELECT id FROM expired UNION ALL SELECT id FROM waiting LIMIT $3 \
@@ -675,11 +741,12 @@ impl Store for PgStore {
         );
         let mut p = self.primary().await?;
         let rows = sqlx::query(&sql)
-            .bind(request.channel.as_str())
+            .bind(request.route.channel.as_str())
             .bind(request.now)
             .bind(request.limit)
             .bind(request.token)
             .bind(millis(request.lease))
+            .bind(request.route.connection.as_deref())
             .fetch_all(p.conn()?)
             .await?;
         p.done();
@@ -808,7 +875,7 @@ impl Store for PgStore {
 
     async fn set_channel_down(
         &self,
-        channel: ChannelKind,
+        route: &Route,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -819,7 +886,7 @@ impl Store for PgStore {
                  down_since = CASE WHEN EXCLUDED.down_reason IS NULL THEN NULL \
                      ELSE COALESCE(channel_state.down_since, EXCLUDED.down_since) END",
         )
-        .bind(channel.as_str())
+        .bind(route.key())
         .bind(reason)
         .bind(reason.map(|_| now))
         .execute(c.conn())
@@ -850,15 +917,17 @@ impl Store for PgStore {
         Ok(rows)
     }
 
-    async fn count_due(&self, channel: ChannelKind, now: DateTime<Utc>) -> Result<u64> {
+    async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64> {
         let mut p = self.primary().await?;
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM messages \
-             WHERE channel = $1 AND ((status = 'pending' AND next_attempt_at <= $2) \
+             WHERE channel = $1 AND connection IS NOT DISTINCT FROM $3 \
+               AND ((status = 'pending' AND next_attempt_at <= $2) \
                  OR (status = 'sending' AND claimed_until <= now()))",
         )
-        .bind(channel.as_str())
+        .bind(route.channel.as_str())
         .bind(now)
+        .bind(route.connection.as_deref())
         .fetch_one(p.conn()?)
         .await?;
         p.done();
@@ -923,17 +992,20 @@ impl Store for PgStore {
         .bind(now)
         .fetch_all(p.conn()?)
         .await?;
-        let slots = sqlx::query_as::<_, (String, i64)>(
+        let slots = sqlx::query_as::<_, (String, i64, Option<String>, i64)>(
             "SELECT channel, GREATEST(next_slot_ns \
-                 - (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint, 0) \
+                 - (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint, 0), \
+                 quota_month, quota_used \
              FROM channel_state ORDER BY channel",
         )
         .fetch_all(p.conn()?)
         .await?
         .into_iter()
-        .map(|(channel, wait)| SlotState {
+        .map(|(channel, wait, quota_month, quota_used)| SlotState {
             channel,
             next_free_in: Duration::from_nanos(wait.max(0) as u64),
+            quota_month,
+            quota_used,
         })
         .collect();
         p.done();

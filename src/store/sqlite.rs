@@ -31,7 +31,7 @@ use super::{
     Result, ScheduledAdvance, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store,
     StoreError, TestContact, VehicleRow, Written,
 };
-use crate::domain::channel::ChannelKind;
+use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::dates;
 use crate::domain::outbox::Outcome;
 
@@ -404,6 +404,7 @@ fn own_columns(row: &SqliteRow) -> Claimed {
                 .try_get("expired_leases")
                 .map_err(|e| format!("expired_leases: {e}"))?,
             contact_id: row.try_get("contact_id").map_err(|e| format!("contact_id: {e}"))?,
+            connection: text("connection")?,
         })
     })();
     Claimed {
@@ -416,7 +417,7 @@ fn own_columns(row: &SqliteRow) -> Claimed {
 }
 
 const OWN_COLUMNS: &str = "id, kind, subject_id, stage, event_date, channel, subject, body, \
-    media_url, recipient, attempts, expired_leases, contact_id";
+    media_url, recipient, attempts, expired_leases, contact_id, connection";
 
 /// `expr` as text an operator can read and the outbox can store: printable ASCII as it is (cut
 /// at `max`), anything else (a blob, non-ASCII bytes, text that may not be UTF-8) as hex.
@@ -456,6 +457,13 @@ fn fanned(source: &str) -> String {
     )
 }
 
+/// The WhatsApp connection a candidate names, as lanes claim it: lower case, and `NULL` for the
+/// default one (unset, empty or `default`).
+fn connection_name() -> String {
+    let name = format!("lower(trim({}))", safe_text("u.connection", 40));
+    format!("(CASE WHEN {name} IN ('', 'default') THEN NULL ELSE {name} END)")
+}
+
 /// Why a candidate gets no usable row, or `NULL`.
 fn reason() -> String {
     let contact = safe_text("u.contact_id", 40);
@@ -472,11 +480,12 @@ fn reason() -> String {
 fn rows_sql(kind: &str, source: &str) -> String {
     let fanned = fanned(source);
     let reason = reason();
+    let connection = connection_name();
     format!(
         "SELECT '{kind}' AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
                 CASE WHEN u.contact_found IS NULL THEN 'whatsapp' ELSE COALESCE(u.lead, u.shown) END \
                     AS channel, \
-                CASE WHEN u.lead = 'whatsapp' THEN u.connection END AS connection, \
+                CASE WHEN u.lead = 'whatsapp' THEN {connection} END AS connection, \
                 u.body, u.media_url, 0 AS fanout, \
                 CASE WHEN u.contact_found IS NULL OR u.lead IS NULL THEN 'failed' \
                      WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
@@ -489,10 +498,11 @@ fn rows_sql(kind: &str, source: &str) -> String {
 /// the group is not a channel. `lead_is_new` says which candidates' leads were just created.
 fn extras_sql(kind: &str, source: &str, lead_is_new: &str) -> String {
     let fanned = fanned(source);
+    let connection = connection_name();
     format!(
         "SELECT '{kind}' AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
                 ch.column1 AS channel, \
-                CASE WHEN ch.column1 = 'whatsapp' THEN u.connection END AS connection, \
+                CASE WHEN ch.column1 = 'whatsapp' THEN {connection} END AS connection, \
                 u.body, u.media_url, 1 AS fanout, \
                 CASE WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
                 CASE WHEN u.opted_out THEN 'contact opted out' END AS last_error \
@@ -985,19 +995,20 @@ impl Store for SqliteStore {
 
     async fn reserve_slots(
         &self,
-        channel: ChannelKind,
+        route: &Route,
         count: u32,
         interval_ns: i64,
         horizon: Duration,
     ) -> Result<Option<SlotGrant>> {
+        let key = route.key();
         let mut w = Writer::begin(&self.pool).await?;
         sqlx::query("INSERT INTO channel_state (channel) VALUES (?1) ON CONFLICT DO NOTHING")
-            .bind(channel.as_str())
+            .bind(&key)
             .execute(w.conn())
             .await?;
         let next: i64 =
             sqlx::query_scalar("SELECT next_slot_ns FROM channel_state WHERE channel = ?1")
-                .bind(channel.as_str())
+                .bind(&key)
                 .fetch_one(w.conn())
                 .await?;
         let Some(grant) = super::slots(next, count, interval_ns, real_ns(), horizon) else {
@@ -1005,7 +1016,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         sqlx::query("UPDATE channel_state SET next_slot_ns = ?2 WHERE channel = ?1")
-            .bind(channel.as_str())
+            .bind(&key)
             .bind(grant.end_ns)
             .execute(w.conn())
             .await?;
@@ -1013,24 +1024,83 @@ impl Store for SqliteStore {
         Ok(Some(grant))
     }
 
-    async fn return_slots(
-        &self,
-        channel: ChannelKind,
-        grant: SlotGrant,
-        unused: u32,
-    ) -> Result<()> {
+    async fn return_slots(&self, route: &Route, grant: SlotGrant, unused: u32) -> Result<()> {
         let mut c = Single::acquire(&self.pool).await?;
         sqlx::query(
             "UPDATE channel_state SET next_slot_ns = next_slot_ns - ?3 \
              WHERE channel = ?1 AND next_slot_ns = ?2",
         )
-        .bind(channel.as_str())
+        .bind(route.key())
         .bind(grant.end_ns)
         .bind(i64::from(unused).saturating_mul(grant.interval_ns))
         .execute(c.conn())
         .await?;
         c.done();
         Ok(())
+    }
+
+    async fn reserve_quota(
+        &self,
+        route: &Route,
+        month: &str,
+        quota: u64,
+        want: u32,
+    ) -> Result<u32> {
+        let key = route.key();
+        let mut w = Writer::begin(&self.pool).await?;
+        sqlx::query("INSERT INTO channel_state (channel) VALUES (?1) ON CONFLICT DO NOTHING")
+            .bind(&key)
+            .execute(w.conn())
+            .await?;
+        let (used_month, used): (Option<String>, i64) =
+            sqlx::query_as("SELECT quota_month, quota_used FROM channel_state WHERE channel = ?1")
+                .bind(&key)
+                .fetch_one(w.conn())
+                .await?;
+        let used = if used_month.as_deref() == Some(month) { used.max(0) as u64 } else { 0 };
+        let granted = u64::from(want).min(quota.saturating_sub(used)) as u32;
+        sqlx::query(
+            "UPDATE channel_state SET quota_month = ?2, quota_used = ?3 WHERE channel = ?1",
+        )
+        .bind(&key)
+        .bind(month)
+        .bind(i64::try_from(used + u64::from(granted)).unwrap_or(i64::MAX))
+        .execute(w.conn())
+        .await?;
+        w.commit().await?;
+        Ok(granted)
+    }
+
+    async fn return_quota(&self, route: &Route, month: &str, unused: u32) -> Result<()> {
+        if unused == 0 {
+            return Ok(());
+        }
+        let mut c = Single::acquire(&self.pool).await?;
+        sqlx::query(
+            "UPDATE channel_state SET quota_used = max(quota_used - ?3, 0) \
+             WHERE channel = ?1 AND quota_month = ?2",
+        )
+        .bind(route.key())
+        .bind(month)
+        .bind(i64::from(unused))
+        .execute(c.conn())
+        .await?;
+        c.done();
+        Ok(())
+    }
+
+    async fn due_by_connection(&self, now: DateTime<Utc>) -> Result<Vec<(Option<String>, u64)>> {
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
+            "SELECT connection, count(*) FROM messages \
+             WHERE channel = 'whatsapp' AND ((status = 'pending' AND next_attempt_at <= ?1) \
+                 OR (status = 'sending' AND claimed_until <= ?2)) \
+             GROUP BY connection ORDER BY connection",
+        )
+        .bind(ts(now))
+        .bind(real(Duration::ZERO))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>> {
@@ -1043,23 +1113,26 @@ impl Store for SqliteStore {
                  expired_leases = expired_leases + (status = 'sending') \
              WHERE id IN ( \
                  SELECT id FROM (SELECT id FROM messages \
-                     WHERE channel = ?1 AND status = 'sending' AND claimed_until <= ?6{kinds} \
+                     WHERE channel = ?1 AND connection IS ?7 AND status = 'sending' \
+                       AND claimed_until <= ?6{kinds} \
                      ORDER BY claimed_until LIMIT ?3) \
                  UNION ALL \
                  SELECT id FROM (SELECT id FROM messages \
-                     WHERE channel = ?1 AND status = 'pending' AND next_attempt_at <= ?2{kinds} \
+                     WHERE channel = ?1 AND connection IS ?7 AND status = 'pending' \
+                       AND next_attempt_at <= ?2{kinds} \
                      ORDER BY next_attempt_at, id LIMIT ?3) \
                  LIMIT ?3) \
              RETURNING {OWN_COLUMNS}"
         );
         let mut c = Single::acquire(&self.pool).await?;
         let rows = sqlx::query(&sql)
-            .bind(request.channel.as_str())
+            .bind(request.route.channel.as_str())
             .bind(ts(request.now))
             .bind(request.limit)
             .bind(request.token)
             .bind(real(request.lease))
             .bind(real(Duration::ZERO))
+            .bind(request.route.connection.as_deref())
             .fetch_all(c.conn())
             .await?;
         c.done();
@@ -1224,7 +1297,7 @@ impl Store for SqliteStore {
 
     async fn set_channel_down(
         &self,
-        channel: ChannelKind,
+        route: &Route,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<()> {
@@ -1235,7 +1308,7 @@ impl Store for SqliteStore {
                  down_since = CASE WHEN excluded.down_reason IS NULL THEN NULL \
                      ELSE COALESCE(channel_state.down_since, excluded.down_since) END",
         )
-        .bind(channel.as_str())
+        .bind(route.key())
         .bind(reason)
         .bind(reason.map(|_| ts(now)))
         .execute(c.conn())
@@ -1264,15 +1337,17 @@ impl Store for SqliteStore {
         .await?)
     }
 
-    async fn count_due(&self, channel: ChannelKind, now: DateTime<Utc>) -> Result<u64> {
+    async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM messages \
-             WHERE channel = ?1 AND ((status = 'pending' AND next_attempt_at <= ?2) \
+             WHERE channel = ?1 AND connection IS ?4 \
+               AND ((status = 'pending' AND next_attempt_at <= ?2) \
                  OR (status = 'sending' AND claimed_until <= ?3))",
         )
-        .bind(channel.as_str())
+        .bind(route.channel.as_str())
         .bind(ts(now))
         .bind(real(Duration::ZERO))
+        .bind(route.connection.as_deref())
         .fetch_one(&self.pool)
         .await?;
         Ok(n.max(0) as u64)
@@ -1338,15 +1413,18 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         let real_now = real_ns();
-        let slots = sqlx::query_as::<_, (String, i64)>(
-            "SELECT channel, next_slot_ns FROM channel_state ORDER BY channel",
+        let slots = sqlx::query_as::<_, (String, i64, Option<String>, i64)>(
+            "SELECT channel, next_slot_ns, quota_month, quota_used FROM channel_state \
+             ORDER BY channel",
         )
         .fetch_all(&self.pool)
         .await?
         .into_iter()
-        .map(|(channel, next)| SlotState {
+        .map(|(channel, next, quota_month, quota_used)| SlotState {
             channel,
             next_free_in: Duration::from_nanos(next.saturating_sub(real_now).max(0) as u64),
+            quota_month,
+            quota_used,
         })
         .collect();
         let bad_inputs = self.scan_inputs().await?.bad;

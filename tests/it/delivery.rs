@@ -241,8 +241,9 @@ async fn lost_lease_body(db: &TestDb) {
         )
         .await
         .expect("generate");
+    let route = reminderctl::domain::channel::Route::of(ChannelKind::WhatsApp);
     let claim = |token: &'static str, lease: Duration| ClaimRequest {
-        channel: ChannelKind::WhatsApp,
+        route: &route,
         limit: 10,
         token,
         now: t0,
