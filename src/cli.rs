@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Create, list, edit and cancel scheduled messages (seed 004's dialog, on the command line).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Counts of messages by kind, status and channel; channel health; the latest failures.
     Status {
         #[command(flatten)]
@@ -62,6 +65,98 @@ pub enum Command {
         /// How many of the latest failures to show.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(0..=1000))]
         failures: u16,
+    },
+}
+
+/// `schedule add|list|edit|cancel`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Schedule a message for one or more contacts: one row per contact. Prints the new ids.
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// The contact's id, or several separated by commas (`1,2,3`).
+        #[arg(long, value_name = "ID[,ID…]", value_delimiter = ',', required = true)]
+        contact: Vec<i64>,
+        /// When: RFC 3339 (2025-11-18T09:00:00+07:00), or local `YYYY-MM-DD HH:MM` in
+        /// `REMINDER_TIMEZONE`.
+        #[arg(long, value_name = "TIME")]
+        at: String,
+        /// The text; it may use the contact's fields: {{ name }}, {{ phone }}, {{ email }}.
+        #[arg(long)]
+        body: String,
+        /// Repeat it: daily, weekly or monthly (a monthly one keeps its day, clamped to short
+        /// months).
+        #[arg(long, value_name = "RECURRENCE")]
+        every: Option<String>,
+        /// The channel: whatsapp (default), telegram, email, or several joined by +
+        /// (whatsapp+email) with , for fallbacks.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The WhatsApp connection that sends it (`WHATSAPP_CONNECTIONS`); default: the contact's.
+        #[arg(long)]
+        connection: Option<String>,
+        /// A public URL of an image or document to send with it.
+        #[arg(long, value_name = "URL")]
+        media_url: Option<String>,
+        /// The caption of the media (the text when the body is empty).
+        #[arg(long)]
+        caption: Option<String>,
+        /// Who schedules it: only they may edit or cancel it with --created-by.
+        #[arg(long, value_name = "USER")]
+        created_by: Option<String>,
+    },
+    /// List scheduled messages: next run, recurrence, status and last delivery.
+    List {
+        #[command(flatten)]
+        common: Common,
+        /// Only this contact's.
+        #[arg(long, value_name = "ID")]
+        contact: Option<i64>,
+        /// Only this user's.
+        #[arg(long, value_name = "USER")]
+        created_by: Option<String>,
+    },
+    /// Change a scheduled message; what was queued but not sent yet follows the change.
+    Edit {
+        #[command(flatten)]
+        common: Common,
+        /// The scheduled message's id.
+        id: i64,
+        /// The new text.
+        #[arg(long)]
+        body: Option<String>,
+        /// The new time (RFC 3339, or local `YYYY-MM-DD HH:MM`).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// The new recurrence: none, daily, weekly or monthly.
+        #[arg(long, value_name = "RECURRENCE")]
+        every: Option<String>,
+        /// The new channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The new WhatsApp connection (`default` for the default one).
+        #[arg(long)]
+        connection: Option<String>,
+        /// The new media URL (an empty value removes it).
+        #[arg(long, value_name = "URL")]
+        media_url: Option<String>,
+        /// The new caption.
+        #[arg(long)]
+        caption: Option<String>,
+        /// Edit only if this user scheduled it.
+        #[arg(long, value_name = "USER")]
+        created_by: Option<String>,
+    },
+    /// Cancel a scheduled message; what was queued but not sent yet is not sent.
+    Cancel {
+        #[command(flatten)]
+        common: Common,
+        /// The scheduled message's id.
+        id: i64,
+        /// Cancel only if this user scheduled it.
+        #[arg(long, value_name = "USER")]
+        created_by: Option<String>,
     },
 }
 

@@ -17,6 +17,7 @@ pub mod dotenv;
 pub mod generate;
 pub mod logging;
 pub mod report;
+pub mod schedule;
 pub mod secret;
 pub mod seed;
 pub mod store;

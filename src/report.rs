@@ -615,3 +615,130 @@ pub struct DeliveryReport {
     /// Why the pass stopped sending early because the database failed; the pass exits 1.
     pub halted: Option<String>,
 }
+
+/// What a `schedule` command did.
+#[derive(Debug, Clone)]
+pub enum Scheduled {
+    Added(Vec<crate::schedule::Added>),
+    Listed(Vec<crate::store::ScheduledListing>),
+    Edited(crate::store::ScheduledListing),
+    /// The message, and how many of its queued occurrences were cancelled with it.
+    Cancelled(crate::store::ScheduledListing, u64),
+}
+
+impl Scheduled {
+    pub fn to_json(&self) -> Value {
+        match self {
+            Scheduled::Added(added) => json!(added),
+            Scheduled::Listed(rows) => json!(rows),
+            Scheduled::Edited(row) => json!(row),
+            Scheduled::Cancelled(row, queued) => {
+                json!({"cancelled": row, "queued_cancelled": queued})
+            }
+        }
+    }
+}
+
+/// When a scheduled message goes out, in the zone; its stored text when it cannot be read.
+fn next_run(row: &crate::store::ScheduledListing, tz: Tz) -> String {
+    match (row.next_run_at, &row.next_run) {
+        (Some(t), _) => t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string(),
+        (None, Some(raw)) => format!("'{}' (cannot be read)", escape_control(raw)),
+        (None, None) => "-".to_string(),
+    }
+}
+
+/// One scheduled message in a line or two, with its last delivery.
+fn schedule_line(out: &mut String, row: &crate::store::ScheduledListing, tz: Tz) {
+    let who = match (&row.contact_id, &row.contact_name) {
+        (Some(id), Some(name)) => format!("{} (contact {id})", escape_control(name)),
+        (Some(id), None) => format!("contact {id} (not found)"),
+        _ => "no contact".to_string(),
+    };
+    let via = match &row.connection {
+        Some(c) => format!("{} via {}", escape_control(&row.channel), escape_control(c)),
+        None => escape_control(&row.channel).into_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "#{} {} → {who}: next {}, {}, {}",
+        row.id,
+        escape_control(&row.status),
+        next_run(row, tz),
+        escape_control(&row.recurrence),
+        via
+    );
+    let body: String = row.body.chars().take(60).collect();
+    let _ = writeln!(
+        out,
+        "    \"{}{}\"{}",
+        escape_control(&body),
+        if row.body.chars().count() > 60 { "…" } else { "" },
+        row.created_by.as_deref().map(|u| format!(" by {}", escape_control(u))).unwrap_or_default()
+    );
+    let local = |raw: &str| match DateTime::parse_from_rfc3339(raw) {
+        Ok(t) => t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string(),
+        Err(_) => escape_control(raw).into_owned(),
+    };
+    let last = match (&row.sent_at, &row.error) {
+        (Some(at), None) => Some(format!(
+            "last sent {}{}",
+            local(at),
+            row.message_id
+                .as_deref()
+                .map(|m| format!(" (id {})", escape_control(m)))
+                .unwrap_or_default()
+        )),
+        (_, Some(e)) => Some(format!("last error: {}", escape_control(e))),
+        (None, None) => None,
+    };
+    if let Some(last) = last {
+        let _ = writeln!(out, "    {last}");
+    }
+}
+
+/// What a `schedule` command did, for people.
+pub fn schedule_text(done: &Scheduled, tz: Tz) -> String {
+    let mut out = String::new();
+    match done {
+        Scheduled::Added(added) => {
+            for a in added {
+                let _ = writeln!(
+                    out,
+                    "scheduled message {} for {} (contact {}): {} {}, {}",
+                    a.id,
+                    escape_control(&a.contact_name),
+                    a.contact_id,
+                    if a.recurrence == "none" { "once at" } else { "first at" },
+                    a.first_run.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+                    if a.recurrence == "none" { "once".to_string() } else { a.recurrence.clone() },
+                );
+            }
+        }
+        Scheduled::Listed(rows) => {
+            if rows.is_empty() {
+                let _ = writeln!(out, "no scheduled messages");
+            }
+            for row in rows {
+                schedule_line(&mut out, row, tz);
+            }
+        }
+        Scheduled::Edited(row) => {
+            let _ = writeln!(out, "scheduled message {} changed:", row.id);
+            schedule_line(&mut out, row, tz);
+        }
+        Scheduled::Cancelled(row, queued) => {
+            let _ = writeln!(
+                out,
+                "scheduled message {} cancelled{}",
+                row.id,
+                if *queued > 0 {
+                    format!(", and {queued} queued occurrence(s) that had not gone out")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    out
+}

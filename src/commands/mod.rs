@@ -15,6 +15,7 @@ use crate::store::Store;
 use crate::templates::Templates;
 
 mod pass;
+mod schedule;
 mod seed;
 mod status;
 mod test_dunning;
@@ -32,6 +33,7 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
         Command::Send(args) => pass::run(pass::Mode::Send, args, env).await,
         Command::Seed { common, reset } => seed::run(&common, reset, env).await,
         Command::Status { common, failures } => status::run(&common, failures, env).await,
+        Command::Schedule(command) => schedule::run(command, env).await,
         Command::TestWhatsapp { common, phone, message, yes } => {
             test_whatsapp::run(&common, &phone, &message, yes, env).await
         }

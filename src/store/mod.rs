@@ -322,6 +322,59 @@ pub struct NewMessage {
     pub body: Option<String>,
 }
 
+/// A scheduled message to add (`schedule add`), checked.
+#[derive(Debug, Clone)]
+pub struct NewScheduled {
+    pub contact_id: i64,
+    pub channel: String,
+    pub body: String,
+    pub media_url: Option<String>,
+    pub caption: Option<String>,
+    pub scheduled_at: DateTime<Utc>,
+    /// The first run, when the series' anchor has passed already.
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub recurrence: String,
+    pub connection: Option<String>,
+    pub created_by: Option<String>,
+}
+
+/// What `schedule edit` changes, checked; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduledEdit {
+    pub body: Option<String>,
+    pub channel: Option<String>,
+    pub media_url: Option<Option<String>>,
+    pub caption: Option<Option<String>>,
+    pub connection: Option<Option<String>>,
+    pub recurrence: Option<String>,
+    /// A new time: the anchor, and the next run when the anchor has passed.
+    pub timing: Option<(DateTime<Utc>, Option<DateTime<Utc>>)>,
+    pub status: Option<String>,
+}
+
+/// A scheduled message as `schedule list` shows it, with its last delivery.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ScheduledListing {
+    pub id: i64,
+    pub contact_id: Option<i64>,
+    pub contact_name: Option<String>,
+    pub channel: String,
+    pub connection: Option<String>,
+    pub body: String,
+    pub media_url: Option<String>,
+    pub caption: Option<String>,
+    pub recurrence: String,
+    pub status: String,
+    /// When it goes out next, as stored (the app's own text on SQLite).
+    pub next_run: Option<String>,
+    /// The same, read as an instant; `None` when it cannot be read.
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub message_id: Option<String>,
+    pub sent_at: Option<String>,
+    pub created_by: Option<String>,
+}
+
 /// A contact found or created by `test-dunning`.
 #[derive(Debug, Clone)]
 pub struct TestContact {
@@ -604,6 +657,28 @@ pub trait Store: Send + Sync {
 
     /// Loads demo rows; with `reset`, removes earlier demo rows and their messages first.
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts>;
+
+    /// The contacts among `ids` that exist, with their names.
+    async fn contact_names(&self, ids: &[i64]) -> Result<Vec<(i64, String)>>;
+
+    /// Adds scheduled messages, in one transaction; returns their ids in order.
+    async fn add_scheduled(&self, rows: &[NewScheduled]) -> Result<Vec<i64>>;
+
+    /// Scheduled messages, newest first, optionally one contact's or one user's.
+    async fn list_scheduled(
+        &self,
+        id: Option<i64>,
+        contact: Option<i64>,
+        created_by: Option<&str>,
+    ) -> Result<Vec<ScheduledListing>>;
+
+    /// Changes a scheduled message; queued occurrences that have not gone out follow a new
+    /// time.
+    async fn edit_scheduled(&self, id: i64, edit: &ScheduledEdit) -> Result<()>;
+
+    /// Cancels a scheduled message and what it has queued that has not gone out; returns how
+    /// many queued messages were cancelled.
+    async fn cancel_scheduled(&self, id: i64, by: Option<&str>) -> Result<u64>;
 }
 
 /// Carves a grant out of the limiter's state (store clock, epoch ns): slots start at the later

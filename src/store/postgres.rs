@@ -17,9 +17,10 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
-    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, Preview, Recorded,
-    Result, ScheduledAdvance, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store,
-    StoreError, TestContact, VehicleRow, Written,
+    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, NewScheduled,
+    Preview, Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow,
+    SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow,
+    Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::Outcome;
@@ -1197,5 +1198,166 @@ impl Store for PgStore {
         tx.commit().await?;
         p.done();
         Ok(counts)
+    }
+
+    async fn contact_names(&self, ids: &[i64]) -> Result<Vec<(i64, String)>> {
+        let mut p = self.primary().await?;
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, name FROM contacts WHERE id = ANY($1) ORDER BY id")
+                .bind(ids)
+                .fetch_all(p.conn()?)
+                .await?;
+        p.done();
+        Ok(rows)
+    }
+
+    async fn add_scheduled(&self, rows: &[NewScheduled]) -> Result<Vec<i64>> {
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
+        let mut ids = Vec::new();
+        for r in rows {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO scheduled_messages (contact_id, channel, body, media_url, caption, \
+                     scheduled_at, next_run_at, recurrence, connection, created_by, status) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') RETURNING id",
+            )
+            .bind(r.contact_id)
+            .bind(&r.channel)
+            .bind(&r.body)
+            .bind(&r.media_url)
+            .bind(&r.caption)
+            .bind(r.scheduled_at)
+            .bind(r.next_run_at)
+            .bind(&r.recurrence)
+            .bind(&r.connection)
+            .bind(&r.created_by)
+            .fetch_one(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        p.done();
+        Ok(ids)
+    }
+
+    async fn list_scheduled(
+        &self,
+        id: Option<i64>,
+        contact: Option<i64>,
+        created_by: Option<&str>,
+    ) -> Result<Vec<ScheduledListing>> {
+        let mut p = self.primary().await?;
+        let rows = sqlx::query(
+            "SELECT s.id, s.contact_id, c.name AS contact_name, s.channel, s.connection, s.body, \
+                 s.media_url, s.caption, s.recurrence, s.status, \
+                 COALESCE(s.next_run_at, s.scheduled_at) AS next_run, s.error, s.message_id, \
+                 s.sent_at, s.created_by \
+             FROM scheduled_messages s LEFT JOIN contacts c ON c.id = s.contact_id \
+             WHERE ($1::bigint IS NULL OR s.id = $1) AND ($2::bigint IS NULL OR s.contact_id = $2) \
+               AND ($3::text IS NULL OR s.created_by = $3) \
+             ORDER BY s.id DESC",
+        )
+        .bind(id)
+        .bind(contact)
+        .bind(created_by)
+        .fetch_all(p.conn()?)
+        .await?;
+        p.done();
+        rows.iter()
+            .map(|r| {
+                let next_run_at: Option<DateTime<Utc>> = r.try_get("next_run")?;
+                let sent_at: Option<DateTime<Utc>> = r.try_get("sent_at")?;
+                Ok(ScheduledListing {
+                    id: r.try_get("id")?,
+                    contact_id: r.try_get("contact_id")?,
+                    contact_name: r.try_get("contact_name")?,
+                    channel: r.try_get("channel")?,
+                    connection: r.try_get("connection")?,
+                    body: r.try_get("body")?,
+                    media_url: r.try_get("media_url")?,
+                    caption: r.try_get("caption")?,
+                    recurrence: r.try_get("recurrence")?,
+                    status: r.try_get("status")?,
+                    next_run: next_run_at.map(|t| t.to_rfc3339()),
+                    next_run_at,
+                    error: r.try_get("error")?,
+                    message_id: r.try_get("message_id")?,
+                    sent_at: sent_at.map(|t| t.to_rfc3339()),
+                    created_by: r.try_get("created_by")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn edit_scheduled(&self, id: i64, edit: &ScheduledEdit) -> Result<()> {
+        let (at, next) = edit.timing.map_or((None, None), |(a, n)| (Some(a), n));
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
+        sqlx::query(
+            "UPDATE scheduled_messages SET body = COALESCE($2, body), \
+                 channel = COALESCE($3, channel), \
+                 media_url = CASE WHEN $4 THEN $5 ELSE media_url END, \
+                 caption = CASE WHEN $6 THEN $7 ELSE caption END, \
+                 connection = CASE WHEN $8 THEN $9 ELSE connection END, \
+                 recurrence = COALESCE($10, recurrence), \
+                 scheduled_at = COALESCE($11, scheduled_at), \
+                 next_run_at = CASE WHEN $11::timestamptz IS NOT NULL THEN $12 ELSE next_run_at END, \
+                 status = COALESCE($13, status) \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&edit.body)
+        .bind(&edit.channel)
+        .bind(edit.media_url.is_some())
+        .bind(edit.media_url.clone().flatten())
+        .bind(edit.caption.is_some())
+        .bind(edit.caption.clone().flatten())
+        .bind(edit.connection.is_some())
+        .bind(edit.connection.clone().flatten())
+        .bind(&edit.recurrence)
+        .bind(at)
+        .bind(next)
+        .bind(&edit.status)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(at) = at {
+            // A queued occurrence that has not gone out follows its message to the new time.
+            sqlx::query(
+                "UPDATE messages SET next_attempt_at = $2 \
+                 WHERE kind = 'scheduled' AND subject_id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(next.unwrap_or(at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        p.done();
+        Ok(())
+    }
+
+    async fn cancel_scheduled(&self, id: i64, by: Option<&str>) -> Result<u64> {
+        let reason = match by {
+            Some(user) => format!("the scheduled message was cancelled by {user}"),
+            None => "the scheduled message was cancelled".to_string(),
+        };
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
+        sqlx::query("UPDATE scheduled_messages SET status = 'cancelled' WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', last_error = $2 \
+             WHERE kind = 'scheduled' AND subject_id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        p.done();
+        Ok(n)
     }
 }

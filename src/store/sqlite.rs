@@ -27,9 +27,10 @@ use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRe
 
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
-    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, Preview, Recorded,
-    Result, ScheduledAdvance, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store,
-    StoreError, TestContact, VehicleRow, Written,
+    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, NewScheduled,
+    Preview, Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow,
+    SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow,
+    Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::dates;
@@ -1608,6 +1609,173 @@ impl Store for SqliteStore {
         }
         w.commit().await?;
         Ok(counts)
+    }
+
+    async fn contact_names(&self, ids: &[i64]) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, name FROM contacts WHERE id IN (SELECT value FROM json_each(?1)) \
+             ORDER BY id",
+        )
+        .bind(serde_json::to_string(ids).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            let name = Raw::read(row, "name").text(("contacts", id, "name")).ok().flatten();
+            out.push((id, name.unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    async fn add_scheduled(&self, rows: &[NewScheduled]) -> Result<Vec<i64>> {
+        let mut w = Writer::begin(&self.pool).await?;
+        let mut ids = Vec::new();
+        for r in rows {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO scheduled_messages (contact_id, channel, body, media_url, caption, \
+                     scheduled_at, next_run_at, recurrence, connection, created_by, status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending') RETURNING id",
+            )
+            .bind(r.contact_id)
+            .bind(&r.channel)
+            .bind(&r.body)
+            .bind(&r.media_url)
+            .bind(&r.caption)
+            .bind(ts(r.scheduled_at))
+            .bind(r.next_run_at.map(ts))
+            .bind(&r.recurrence)
+            .bind(&r.connection)
+            .bind(&r.created_by)
+            .fetch_one(w.conn())
+            .await?;
+            ids.push(id);
+        }
+        w.commit().await?;
+        Ok(ids)
+    }
+
+    async fn list_scheduled(
+        &self,
+        id: Option<i64>,
+        contact: Option<i64>,
+        created_by: Option<&str>,
+    ) -> Result<Vec<ScheduledListing>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.contact_id, c.name AS contact_name, s.channel, s.connection, s.body, \
+                 s.media_url, s.caption, s.recurrence, s.status, \
+                 COALESCE(s.next_run_at, s.scheduled_at) AS next_run, s.error, s.message_id, \
+                 s.sent_at, s.created_by \
+             FROM scheduled_messages s LEFT JOIN contacts c ON c.id = s.contact_id \
+             WHERE (?1 IS NULL OR s.id = ?1) AND (?2 IS NULL OR s.contact_id = ?2) \
+               AND (?3 IS NULL OR s.created_by = ?3) \
+             ORDER BY s.id DESC",
+        )
+        .bind(id)
+        .bind(contact)
+        .bind(created_by)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let id: i64 = row.try_get("id")?;
+            // What an app wrote is shown as it is; a value that is not text is shown as hex.
+            let text = |col: &'static str| {
+                let raw = Raw::read(row, col);
+                raw.text(("scheduled_messages", id, col)).unwrap_or_else(|_| Some(raw.shown()))
+            };
+            let next_run = text("next_run");
+            out.push(ScheduledListing {
+                id,
+                contact_id: match Raw::read(row, "contact_id") {
+                    Raw::Integer(n) => Some(n),
+                    _ => None,
+                },
+                contact_name: text("contact_name"),
+                channel: text("channel").unwrap_or_default(),
+                connection: text("connection"),
+                body: text("body").unwrap_or_default(),
+                media_url: text("media_url"),
+                caption: text("caption"),
+                recurrence: text("recurrence").unwrap_or_default(),
+                status: text("status").unwrap_or_default(),
+                next_run_at: next_run.as_deref().and_then(|t| dates::instant(t, self.tz).ok()),
+                next_run,
+                error: text("error"),
+                message_id: text("message_id"),
+                sent_at: text("sent_at"),
+                created_by: text("created_by"),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn edit_scheduled(&self, id: i64, edit: &ScheduledEdit) -> Result<()> {
+        let mut w = Writer::begin(&self.pool).await?;
+        let (at, next) = edit.timing.map_or((None, None), |(a, n)| (Some(a), n));
+        sqlx::query(
+            "UPDATE scheduled_messages SET body = COALESCE(?2, body), \
+                 channel = COALESCE(?3, channel), \
+                 media_url = CASE WHEN ?4 THEN ?5 ELSE media_url END, \
+                 caption = CASE WHEN ?6 THEN ?7 ELSE caption END, \
+                 connection = CASE WHEN ?8 THEN ?9 ELSE connection END, \
+                 recurrence = COALESCE(?10, recurrence), \
+                 scheduled_at = COALESCE(?11, scheduled_at), \
+                 next_run_at = CASE WHEN ?11 IS NOT NULL THEN ?12 ELSE next_run_at END, \
+                 status = COALESCE(?13, status) \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(&edit.body)
+        .bind(&edit.channel)
+        .bind(edit.media_url.is_some())
+        .bind(edit.media_url.clone().flatten())
+        .bind(edit.caption.is_some())
+        .bind(edit.caption.clone().flatten())
+        .bind(edit.connection.is_some())
+        .bind(edit.connection.clone().flatten())
+        .bind(&edit.recurrence)
+        .bind(at.map(ts))
+        .bind(next.map(ts))
+        .bind(&edit.status)
+        .execute(w.conn())
+        .await?;
+        if let Some(at) = at {
+            // A queued occurrence that has not gone out follows its message to the new time.
+            sqlx::query(
+                "UPDATE messages SET next_attempt_at = ?2 \
+                 WHERE kind = 'scheduled' AND subject_id = ?1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(ts(next.unwrap_or(at)))
+            .execute(w.conn())
+            .await?;
+        }
+        w.commit().await?;
+        Ok(())
+    }
+
+    async fn cancel_scheduled(&self, id: i64, by: Option<&str>) -> Result<u64> {
+        let mut w = Writer::begin(&self.pool).await?;
+        sqlx::query("UPDATE scheduled_messages SET status = 'cancelled' WHERE id = ?1")
+            .bind(id)
+            .execute(w.conn())
+            .await?;
+        let reason = match by {
+            Some(user) => format!("the scheduled message was cancelled by {user}"),
+            None => "the scheduled message was cancelled".to_string(),
+        };
+        let n = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', last_error = ?2 \
+             WHERE kind = 'scheduled' AND subject_id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        w.commit().await?;
+        Ok(n)
     }
 }
 

@@ -12,4 +12,5 @@ mod manual;
 mod operator;
 mod pass;
 mod providers;
+mod scheduled;
 mod smtp;
