@@ -66,6 +66,10 @@ async fn strict_body(db: &TestDb) {
     contact(db, "Landline", "0211234567", "whatsapp").await;
     invoice(db, 1, "INV-1", "2025-11-20").await;
     let env = [("WHATSAPP_PROVIDER", "log")];
+    // A dry run fails nothing, whatever it would create: --strict has nothing to report.
+    let out =
+        db.run(&["run", "--strict", "--dry-run", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = db.run(&["run", "--strict", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     // Without --strict a failed delivery is data, not a failed pass.
@@ -135,4 +139,17 @@ async fn broken_template_body(db: &TestDb) {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("dunning_before.txt"), "the error names the file: {}", text(&out));
     assert_eq!(db.int("SELECT count(*) FROM messages").await, 0);
+}
+
+both!(a_failure_in_status_carries_the_time_of_its_attempt, failure_time_body);
+async fn failure_time_body(db: &TestDb) {
+    contact(db, "Landline", "0211234567", "whatsapp").await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    let env = [("WHATSAPP_PROVIDER", "log")];
+    db.pass(&["generate", "--now", "2025-11-17T09:00:00+07:00"], &env).await;
+    // Sent (and failed) an hour after it was generated: status shows the hour of the attempt.
+    db.pass(&["send", "--now", "2025-11-17T10:00:00+07:00"], &env).await;
+    let status = db.pass(&["status", "--now", "2025-11-17T10:05:00+07:00"], &env).await;
+    let at = status["failures"][0]["at"].as_str().unwrap_or_default().to_string();
+    assert!(at.starts_with("2025-11-17T03:00"), "the attempt's time, not the lease's: {status}");
 }

@@ -109,6 +109,8 @@ async fn channel_down_body(db: &TestDb) {
     .await;
     let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[("REMINDER_CONCURRENCY", "1")]).await;
     assert_eq!(count(&doc, "failed"), 0, "{doc}");
+    // A channel that is down says nothing about the message: deferred, not retried.
+    assert_eq!((count(&doc, "deferred"), count(&doc, "retried")), (1, 0), "{doc}");
     assert_eq!(server.received_requests().await.unwrap_or_default().len(), 1, "the channel stops");
     assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 3);
     assert_eq!(db.int("SELECT sum(attempts) FROM messages").await, 0);

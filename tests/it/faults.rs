@@ -290,3 +290,63 @@ async fn a_host_whose_clock_runs_twenty_minutes_ahead_steals_no_lease() {
         sent(&ahead)
     );
 }
+
+both!(a_provider_answering_200_with_an_html_page_is_not_believed, html_body);
+async fn html_body(db: &TestDb) {
+    many_due(db, 1).await;
+    // A wrong TWILIO_API_BASE: a proxy's login page, HTTP 200.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200)
+                .set_body_raw("<html><body>Please log in</body></html>", "text/html"),
+        )
+        .mount(&server)
+        .await;
+    let env = twilio_env(&server.uri());
+    let doc = db.pass(&["run", "--now", T3_NOW], &pairs(&env)).await;
+    assert_eq!((doc["sent"].as_u64(), doc["retried"].as_u64()), (Some(0), Some(1)), "{doc}");
+    let error = db.text("SELECT last_error FROM messages").await.unwrap_or_default();
+    assert!(error.contains("Please log in"), "the reply is quoted: {error}");
+    // After the last attempt it is failed, with the reason; never `sent`.
+    for later in ["2025-11-17T09:10:00+07:00", "2025-11-17T09:30:00+07:00"] {
+        db.pass(&["send", "--now", later], &pairs(&env)).await;
+    }
+    assert_eq!(statuses(db).await, "failed=1");
+    assert_eq!(server.received_requests().await.unwrap_or_default().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_whose_reply_never_ends_costs_one_bounded_attempt() {
+    use tokio::io::AsyncWriteExt as _;
+    let db = TestDb::sqlite().await;
+    many_due(&db, 1).await;
+    // HTTP 200, then bytes for ever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"sid\":\"";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                while socket.write_all(&chunk).await.is_ok() {}
+            });
+        }
+    });
+    let env = twilio_env(&format!("http://127.0.0.1:{port}"));
+    let started = std::time::Instant::now();
+    let out =
+        db.command(&["run", "--json", "--now", T3_NOW], &pairs(&env)).output().await.expect("ran");
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    assert_eq!(doc["sent"].as_u64(), Some(0), "{doc}");
+    assert_eq!(statuses(&db).await, "pending=1");
+    let error = db.text("SELECT last_error FROM messages").await.unwrap_or_default();
+    assert!(!error.is_empty() && error.len() < 2000, "a short reason: {error}");
+}
