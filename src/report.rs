@@ -32,6 +32,8 @@ pub struct PassReport {
     pub timezone: Tz,
     pub dry_run: bool,
     pub generate: Option<GenerateReport>,
+    /// In a dry run: the rows generation would create, rendered as they would be sent.
+    pub rendered: Option<Vec<Detail>>,
     pub deliver: Option<DeliveryReport>,
 }
 
@@ -46,6 +48,7 @@ fn gen_detail(row: &GenRow) -> Detail {
         status: row.status.clone(),
         error: row.error.clone(),
         provider_message_id: None,
+        about: About { contact_id: row.contact_id, date: row.event_date, ..About::default() },
     }
 }
 
@@ -77,7 +80,10 @@ impl PassReport {
     fn details(&self) -> Vec<Detail> {
         let mut out = Vec::new();
         if let Some(g) = &self.generate {
-            out.extend(g.rows().map(gen_detail));
+            match &self.rendered {
+                Some(rendered) => out.extend(rendered.iter().cloned()),
+                None => out.extend(g.rows().map(gen_detail)),
+            }
             out.extend(g.cancelled.iter().map(gen_detail));
         }
         if let Some(d) = &self.deliver {
@@ -220,7 +226,8 @@ impl PassReport {
                         .to_string()
                 } else {
                     format!(
-                        "{} kept in the local journal; the rest come back when their lease                          ends and may be sent again",
+                        "{} kept in the local journal; the rest come back when their lease \
+                         ends and may be sent again",
                         d.journaled
                     )
                 };
@@ -251,6 +258,13 @@ impl PassReport {
                 let _ = write!(out, ": {}", escape_control(&d.status));
                 if let Some(e) = &d.error {
                     let _ = write!(out, " ({})", escape_control(e));
+                }
+                let about = d.about.summary();
+                if !about.is_empty() {
+                    let _ = write!(out, "\n      {}", escape_control(&about));
+                }
+                if let (true, Some(body)) = (self.dry_run, &d.about.body) {
+                    let _ = write!(out, "\n      \"{}\"", escape_control(&preview_text(body, 120)));
                 }
                 out.push('\n');
             }
@@ -527,8 +541,9 @@ mod tests {
             command: "send",
             now: DateTime::<Utc>::UNIX_EPOCH,
             timezone: chrono_tz::Asia::Jakarta,
-            dry_run: false,
+            dry_run: true,
             generate: None,
+            rendered: None,
             deliver: Some(DeliveryReport {
                 channels: vec![ChannelLine {
                     channel: "whatsapp".into(),
@@ -547,6 +562,11 @@ mod tests {
                     status: "failed".into(),
                     error: Some(format!("provider said {evil}\nsecond line")),
                     provider_message_id: None,
+                    about: About {
+                        contact_name: Some(format!("Budi{evil}")),
+                        body: Some(format!("Halo {evil}")),
+                        ..About::default()
+                    },
                 }],
                 ..DeliveryReport::default()
             }),
@@ -556,6 +576,7 @@ mod tests {
         assert!(text.contains("provider said \\u{1b}]0;pwned\\u{7}"), "{text}");
         assert!(text.contains("\\nsecond line"), "{text}");
         assert!(text.contains("(down: \\u{1b}]0;pwned"), "{text}");
+        assert!(text.contains("Budi\\u{1b}]0;pwned") && text.contains("\"Halo \\u{1b}"), "{text}");
     }
 }
 
@@ -595,6 +616,70 @@ pub struct Detail {
     pub status: String,
     pub error: Option<String>,
     pub provider_message_id: Option<String>,
+    /// Who and what it is about, as the business sees it.
+    #[serde(flatten)]
+    pub about: About,
+}
+
+/// The business fields of a message (seed 002's run-now summary grown up): the contact, the
+/// invoice or vehicle, its date and how far away it is, and the text.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct About {
+    pub contact_id: Option<i64>,
+    pub contact_name: Option<String>,
+    pub invoice_number: Option<String>,
+    pub amount: Option<i64>,
+    pub plate_no: Option<String>,
+    /// The due date (dunning) or the visit date (maintenance).
+    pub date: Option<chrono::NaiveDate>,
+    pub days_left: Option<i64>,
+    pub days_overdue: Option<i64>,
+    pub scheduled_message_id: Option<i64>,
+    /// The rendered text.
+    pub body: Option<String>,
+}
+
+impl About {
+    /// One line for a person: `Budi Santoso · INV-001 · Rp150.000 · due 2025-11-20, 3 days left`.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(name) = &self.contact_name {
+            parts.push(name.clone());
+        }
+        if let Some(number) = &self.invoice_number {
+            parts.push(number.clone());
+        }
+        if let Some(amount) = self.amount {
+            parts.push(crate::domain::format::rupiah(amount));
+        }
+        if let Some(plate) = &self.plate_no {
+            parts.push(plate.clone());
+        }
+        if let Some(date) = self.date {
+            let when = match (self.days_left, self.days_overdue) {
+                (_, Some(late)) if late > 0 => format!("{date}, {late} day(s) overdue"),
+                (Some(0), _) => format!("{date}, today"),
+                (Some(left), _) => format!("{date}, in {left} day(s)"),
+                _ => date.to_string(),
+            };
+            parts.push(when);
+        }
+        if let Some(id) = self.scheduled_message_id {
+            parts.push(format!("scheduled message {id}"));
+        }
+        parts.join(" · ")
+    }
+}
+
+/// The first `max` characters of a text on one line, with `…` when cut.
+fn preview_text(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let cut: String = flat.chars().take(max).collect();
+        format!("{cut}…")
+    }
 }
 
 /// What a delivery pass did.

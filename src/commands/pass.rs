@@ -35,32 +35,40 @@ pub async fn run(
         timezone: settings.timezone,
         dry_run: args.dry_run,
         generate: None,
+        rendered: None,
         deliver: None,
     };
     // Settings, templates and channels were checked by `setup`, before the database opened.
     let (templates, registry) = (&setup.templates, &setup.registry);
     // `--json` lists every message touched; the human summary shows the first few.
     let keep = if args.common.json { usize::MAX } else { crate::deliver::HUMAN_DETAILS };
+    let stop = Arc::new(Stop::default());
+    let delivery = Delivery {
+        store: setup.store.clone(),
+        settings,
+        registry,
+        templates,
+        clock: setup.clock,
+        stop: stop.clone(),
+        all_details: args.common.json,
+        journal: Some(setup.journal()),
+    };
     if mode != Mode::Send {
         let generated =
             crate::generate::generate(setup.store.as_ref(), settings, now, args.dry_run, keep)
                 .await
                 .context("generation failed")?;
+        if args.dry_run {
+            // What would be queued, rendered as it would go out: who, what, and the text.
+            let rows: Vec<_> = generated.rows().cloned().collect();
+            let sendable = delivery.window_note().is_none();
+            report.rendered =
+                Some(delivery.render(&rows, sendable).await.context("rendering failed")?);
+        }
         report.generate = Some(generated);
     }
     if mode != Mode::Generate {
-        let stop = Arc::new(Stop::default());
-        let signals = tokio::spawn(stop_on_signal(stop.clone()));
-        let delivery = Delivery {
-            store: setup.store.clone(),
-            settings,
-            registry,
-            templates,
-            clock: setup.clock,
-            stop,
-            all_details: args.common.json,
-            journal: Some(setup.journal()),
-        };
+        let signals = tokio::spawn(stop_on_signal(stop));
         let delivered = if args.dry_run { delivery.preview().await } else { delivery.run().await };
         signals.abort();
         report.deliver = Some(delivered.context("delivery failed")?);

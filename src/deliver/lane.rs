@@ -278,7 +278,7 @@ async fn release(pass: &Pass<'_>, tally: &Tally, claimed: Claimed, reason: &str)
         resolution: pass.settle(Resolution::Released { reason: reason.to_string() }),
         at: pass.clock.now(),
     };
-    tally.count(&claimed, &outcome);
+    tally.count(&claimed, &outcome, None);
     pass.recorder.submit(outcome).await;
 }
 
@@ -307,7 +307,7 @@ async fn sender(
                     at: pass.clock.now(),
                 };
                 log_outcome(&claimed, &outcome);
-                tally.count(&claimed, &outcome);
+                tally.count(&claimed, &outcome, None);
                 pass.recorder.submit(outcome).await;
                 continue;
             }
@@ -425,7 +425,7 @@ async fn send(ctx: Sending, claimed: Claimed, job: Job, permit: OwnedSemaphorePe
         at: now,
     };
     log_outcome(&claimed, &outcome);
-    ctx.tally.count(&claimed, &outcome);
+    ctx.tally.count(&claimed, &outcome, Some(&job.message.body));
     ctx.recorder.record(outcome).await;
     drop(permit);
 }

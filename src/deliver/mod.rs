@@ -24,7 +24,7 @@ use crate::config::Settings;
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::Kind;
 use crate::report::{ChannelLine, DeliveryReport, Detail};
-use crate::store::{Store, StoreError};
+use crate::store::{GenRow, Store, StoreError};
 use crate::templates::Templates;
 
 pub mod journal;
@@ -35,7 +35,7 @@ pub mod recorder;
 pub mod tally;
 
 use journal::Journal;
-use prepare::Rules;
+use prepare::{Prepared, Rules};
 use recorder::{Halt, Recorder};
 use tally::Tally;
 
@@ -145,6 +145,11 @@ impl Delivery<'_> {
         }
     }
 
+    /// The business clock's date.
+    fn today(&self) -> chrono::NaiveDate {
+        self.clock.now().with_timezone(&self.settings.timezone).date_naive()
+    }
+
     fn keep(&self) -> usize {
         if self.all_details {
             usize::MAX
@@ -153,7 +158,7 @@ impl Delivery<'_> {
         }
     }
 
-    fn window_note(&self) -> Option<String> {
+    pub fn window_note(&self) -> Option<String> {
         let local = self.clock.now().with_timezone(&self.settings.timezone);
         let window = self.settings.send_window;
         (!window.contains(local.time())).then(|| {
@@ -238,7 +243,9 @@ impl Delivery<'_> {
             };
             let tallies: Vec<Arc<Tally>> = round
                 .iter()
-                .map(|(r, p)| Arc::new(Tally::new(r.clone(), p.provider(), self.keep())))
+                .map(|(r, p)| {
+                    Arc::new(Tally::new(r.clone(), p.provider(), self.keep(), self.today()))
+                })
                 .collect();
             let running = round
                 .iter()
@@ -377,7 +384,7 @@ impl Delivery<'_> {
                 .cloned()
                 .collect();
             let Some(provider) = self.registry.route(&route) else {
-                let tally = Tally::new(route.clone(), "none", usize::MAX);
+                let tally = Tally::new(route.clone(), "none", usize::MAX, self.today());
                 let reason = match &route.connection {
                     None => Settings::unconfigured_reason(route.channel.as_str()).to_string(),
                     Some(name) => format!("no WhatsApp connection '{name}' is configured"),
@@ -387,7 +394,7 @@ impl Delivery<'_> {
                 }
                 continue;
             };
-            let tally = Arc::new(Tally::new(route, provider.provider(), usize::MAX));
+            let tally = Arc::new(Tally::new(route, provider.provider(), usize::MAX, self.today()));
             lane::send_claimed(&pass, provider, &tally, mine, claim_start + lease).await;
             tallies.push(tally);
         }
@@ -403,6 +410,56 @@ impl Delivery<'_> {
         }
         report.halted = halt.reason().map(str::to_string);
         Ok(report)
+    }
+
+    /// What each of these rows would be if it were sent now: its recipient, its text and the
+    /// business fields, or why it would not go (paid, opted out, bad value). Claims nothing and
+    /// writes nothing; `dry-run` and `upcoming` show these.
+    pub async fn render(&self, rows: &[GenRow], sendable: bool) -> Result<Vec<Detail>, StoreError> {
+        let now = self.clock.now();
+        let today = self.today();
+        let rules = self.rules();
+        let context = self.store.context_of(rows).await?;
+        Ok(rows
+            .iter()
+            .zip(context)
+            .map(|(row, claimed)| {
+                let queued_as = row.status.as_str();
+                let (status, error, recipient, body) = if queued_as == "pending" {
+                    match prepare::prepare(&claimed, &rules, now) {
+                        Prepared::Send(job) => (
+                            if sendable { "would send" } else { "would wait" }.to_string(),
+                            None,
+                            Some(job.message.recipient.clone()),
+                            Some(job.message.body.clone()),
+                        ),
+                        Prepared::Done(resolution) => (
+                            format!("would be {}", resolution.status().as_str()),
+                            resolution.reason().map(str::to_string),
+                            None,
+                            None,
+                        ),
+                    }
+                } else {
+                    (format!("would be {queued_as}"), row.error.clone(), None, None)
+                };
+                Detail {
+                    id: row.id,
+                    kind: row.kind.clone(),
+                    stage: row.stage.clone(),
+                    channel: row.channel.clone(),
+                    provider: row.channel.parse::<ChannelKind>().ok().and_then(|channel| {
+                        let route = Route { channel, connection: row.connection.clone() };
+                        self.registry.route(&route).map(|p| p.provider().to_string())
+                    }),
+                    recipient,
+                    status,
+                    error,
+                    provider_message_id: None,
+                    about: prepare::about(&claimed, today, body.as_deref()),
+                }
+            })
+            .collect())
     }
 
     /// Previews what `run` would send, claiming nothing.
@@ -427,17 +484,11 @@ impl Delivery<'_> {
             shown.push(route.channel);
             let keep = if self.all_details { i64::MAX } else { HUMAN_DETAILS as i64 };
             let due = self.store.preview_due(route.channel, now, keep).await?;
-            report.details.extend(due.into_iter().map(|p| Detail {
-                id: Some(p.id),
-                kind: p.kind,
-                stage: p.stage,
-                channel: p.channel,
-                provider: Some(provider.provider().to_string()),
-                recipient: None,
-                status: if sendable { "would send".into() } else { "would wait".into() },
-                error: None,
-                provider_message_id: None,
-            }));
+            let mut details = self.render(&due, sendable).await?;
+            for d in &mut details {
+                d.provider = Some(provider.provider().to_string());
+            }
+            report.details.append(&mut details);
         }
         report.channels.extend(self.unrouted(now).await?);
         Ok(report)

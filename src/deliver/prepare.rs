@@ -67,6 +67,26 @@ fn bad_value(bad: &BadValue) -> Resolution {
     Resolution::Failed { reason: bad.to_string(), fallback: None }
 }
 
+/// Who and what a claimed message is about, for the report.
+pub fn about(claimed: &Claimed, today: NaiveDate, body: Option<&str>) -> crate::report::About {
+    let row = claimed.row.as_ref().ok();
+    let ok = |cell: &Cell<String>| cell.clone().ok().flatten();
+    let date = row.and_then(|r| r.event_date);
+    let days = date.map(|d| (d - today).num_days());
+    crate::report::About {
+        contact_id: claimed.contact.as_ref().map(|c| c.id).or(row.and_then(|r| r.contact_id)),
+        contact_name: claimed.contact.as_ref().and_then(|c| ok(&c.name)),
+        invoice_number: claimed.invoice.as_ref().and_then(|i| ok(&i.number)),
+        amount: claimed.invoice.as_ref().and_then(|i| i.amount.clone().ok().flatten()),
+        plate_no: claimed.vehicle.as_ref().and_then(|v| ok(&v.plate_no)),
+        date,
+        days_left: days.map(|d| d.max(0)),
+        days_overdue: days.map(|d| (-d).max(0)),
+        scheduled_message_id: claimed.scheduled.as_ref().map(|s| s.id),
+        body: body.map(str::to_string),
+    }
+}
+
 /// Re-checks and renders one claimed message as of `now` (business clock).
 pub fn prepare(claimed: &Claimed, rules: &Rules<'_>, now: DateTime<Utc>) -> Prepared {
     match try_prepare(claimed, rules, now) {

@@ -30,10 +30,17 @@ pub struct Tally {
     pub seen_success: AtomicBool,
     details: Mutex<Vec<Detail>>,
     keep: usize,
+    /// The business clock's date, for "days left" in detail lines.
+    today: chrono::NaiveDate,
 }
 
 impl Tally {
-    pub fn new(route: Route, provider: &'static str, keep: usize) -> Self {
+    pub fn new(
+        route: Route,
+        provider: &'static str,
+        keep: usize,
+        today: chrono::NaiveDate,
+    ) -> Self {
         Self {
             route,
             provider,
@@ -51,6 +58,7 @@ impl Tally {
             seen_success: AtomicBool::new(false),
             details: Mutex::new(Vec::new()),
             keep,
+            today,
         }
     }
 
@@ -86,8 +94,9 @@ impl Tally {
         self.waiting.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts one resolved message, and keeps its detail line while there is room.
-    pub fn count(&self, claimed: &Claimed, outcome: &Outcome) {
+    /// Counts one resolved message, and keeps its detail line while there is room (with the
+    /// text that was sent, if one was).
+    pub fn count(&self, claimed: &Claimed, outcome: &Outcome, body: Option<&str>) {
         let counter = match &outcome.resolution {
             Resolution::Sent { .. } => &self.sent,
             Resolution::Failed { .. } => &self.failed,
@@ -123,6 +132,7 @@ impl Tally {
                 Resolution::Sent { provider_message_id } => provider_message_id.clone(),
                 _ => None,
             },
+            about: super::prepare::about(claimed, self.today, body),
         });
     }
 

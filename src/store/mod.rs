@@ -89,6 +89,10 @@ pub struct GenRow {
     pub channel: String,
     pub status: String,
     pub error: Option<String>,
+    pub dedup_key: String,
+    pub contact_id: Option<i64>,
+    pub event_date: Option<NaiveDate>,
+    pub connection: Option<String>,
 }
 
 /// What one generation statement found and queued.
@@ -405,16 +409,6 @@ impl SlotGrant {
     }
 }
 
-/// A due message, as a dry run shows it.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Preview {
-    pub id: i64,
-    pub kind: String,
-    pub stage: Option<String>,
-    pub channel: String,
-    pub contact_id: Option<i64>,
-}
-
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StatusCount {
     pub kind: String,
@@ -624,10 +618,14 @@ pub trait Store: Send + Sync {
         channel: ChannelKind,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<Preview>>;
+    ) -> Result<Vec<GenRow>>;
 
     /// How many messages of a route are due now.
     async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64>;
+
+    /// What delivery would read of rows a dry run would create, to render them (`id` of each is
+    /// its index in `rows` unless it has one).
+    async fn context_of(&self, rows: &[GenRow]) -> Result<Vec<Claimed>>;
 
     /// Counts, latest failures, channel health and rate limiters.
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData>;
@@ -703,6 +701,35 @@ pub(crate) fn slots(
         interval_ns,
         end_ns: first_ns.saturating_add(i64::from(count).saturating_mul(interval_ns)),
     })
+}
+
+/// A row a dry run would create, as a claim would see it (no outbox row behind it yet).
+pub(crate) fn candidate(index: usize, r: &GenRow) -> Claimed {
+    let row = (|| -> std::result::Result<ClaimedRow, String> {
+        Ok(ClaimedRow {
+            id: r.id.unwrap_or(i64::try_from(index).unwrap_or(0)),
+            kind: r.kind.parse()?,
+            subject_id: r.subject_id,
+            stage: r.stage.clone(),
+            event_date: r.event_date,
+            channel: r.channel.parse()?,
+            subject: None,
+            body: None,
+            media_url: None,
+            recipient: None,
+            attempts: 0,
+            expired_leases: 0,
+            contact_id: r.contact_id,
+            connection: r.connection.clone(),
+        })
+    })();
+    Claimed {
+        row: row.map_err(|e| (r.id.unwrap_or(0), e)),
+        contact: None,
+        invoice: None,
+        vehicle: None,
+        scheduled: None,
+    }
 }
 
 /// One outcome as the columns a result write sets: the same mapping for both backends.

@@ -18,9 +18,8 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
     DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, NewScheduled,
-    Preview, Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow,
-    SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow,
-    Written,
+    Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts,
+    SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow, Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::Outcome;
@@ -204,11 +203,12 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
         let new = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = u.dedup_key)";
         format!(
             "out AS (SELECT NULL::bigint AS id, n.kind, n.subject_id, n.stage, n.channel, \
-                 n.status, n.last_error FROM ({leads}) n \
+                 n.status, n.last_error, n.dedup_key, n.contact_id, n.event_date, n.connection \
+             FROM ({leads}) n \
              WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key) \
              UNION ALL \
              SELECT NULL::bigint, n.kind, n.subject_id, n.stage, n.channel, n.status, \
-                 n.last_error FROM ({}) n)",
+                 n.last_error, n.dedup_key, n.contact_id, n.event_date, n.connection FROM ({}) n)",
             extras(new)
         )
     } else {
@@ -218,13 +218,14 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
             "lead_out AS (INSERT INTO messages ({columns}, next_attempt_at, created_at) \
                  SELECT {columns}, $1, $1 FROM ({leads}) n \
                  ON CONFLICT DO NOTHING \
-                 RETURNING id, kind, subject_id, stage, channel, status, last_error, dedup_key), \
+                 RETURNING id, kind, subject_id, stage, channel, status, last_error, dedup_key, \
+                     contact_id, event_date, connection), \
              extra_out AS (INSERT INTO messages ({columns}, next_attempt_at, created_at) \
                  SELECT {columns}, $1, $1 FROM ({}) n \
                  ON CONFLICT DO NOTHING \
-                 RETURNING id, kind, subject_id, stage, channel, status, last_error), \
-             out AS (SELECT id, kind, subject_id, stage, channel, status, last_error FROM lead_out \
-                 UNION ALL SELECT * FROM extra_out)",
+                 RETURNING id, kind, subject_id, stage, channel, status, last_error, dedup_key, \
+                     contact_id, event_date, connection), \
+             out AS (SELECT * FROM lead_out UNION ALL SELECT * FROM extra_out)",
             extras(new)
         )
     };
@@ -233,7 +234,8 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
         "WITH src AS MATERIALIZED ({source}), f AS MATERIALIZED ({fanned}), {written}, \
              kept AS (SELECT * FROM out LIMIT {limit}) \
          SELECT s.found, a.queued, a.failed, a.skipped, k.id, k.kind, k.subject_id, k.stage, \
-                k.channel, k.status, k.last_error AS error \
+                k.channel, k.status, k.last_error AS error, k.dedup_key, k.contact_id, \
+                k.event_date, k.connection \
          FROM (SELECT count(*) AS found FROM src) s \
          CROSS JOIN (SELECT count(*) AS queued, \
                          count(*) FILTER (WHERE status = 'failed') AS failed, \
@@ -260,6 +262,10 @@ fn generated(rows: Vec<PgRow>) -> Result<Generated> {
             channel: row.try_get::<Option<String>, _>("channel")?.unwrap_or_default(),
             status: row.try_get::<Option<String>, _>("status")?.unwrap_or_default(),
             error: row.try_get("error")?,
+            dedup_key: row.try_get::<Option<String>, _>("dedup_key")?.unwrap_or_default(),
+            contact_id: row.try_get("contact_id")?,
+            event_date: row.try_get("event_date")?,
+            connection: row.try_get("connection")?,
         });
     }
     Ok(out)
@@ -578,7 +584,8 @@ impl Store for PgStore {
         let _ = now;
         let sql = if dry_run {
             "SELECT m.id, m.kind, m.subject_id, m.stage, m.channel, 'cancelled' AS status, \
-                 'invoice is ' || i.status AS error \
+                 'invoice is ' || i.status AS error, m.dedup_key, m.contact_id, m.event_date, \
+                 m.connection \
              FROM messages m JOIN invoices i ON i.id = m.subject_id \
              WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.status <> 'unpaid'"
         } else {
@@ -587,7 +594,7 @@ impl Store for PgStore {
              WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.id = m.subject_id \
                AND i.status <> 'unpaid' \
              RETURNING m.id, m.kind, m.subject_id, m.stage, m.channel, m.status, \
-                 m.last_error AS error"
+                 m.last_error AS error, m.dedup_key, m.contact_id, m.event_date, m.connection"
         };
         let mut p = self.primary().await?;
         let rows = sqlx::query_as::<_, GenRow>(sql).fetch_all(p.conn()?).await?;
@@ -901,10 +908,11 @@ impl Store for PgStore {
         channel: ChannelKind,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<Preview>> {
+    ) -> Result<Vec<GenRow>> {
         let mut p = self.primary().await?;
-        let rows = sqlx::query_as::<_, Preview>(
-            "SELECT id, kind, stage, channel, contact_id FROM messages \
+        let rows = sqlx::query_as::<_, GenRow>(
+            "SELECT id, kind, subject_id, stage, channel, status, last_error AS error, dedup_key, \
+                 contact_id, event_date, connection FROM messages \
              WHERE channel = $1 AND ((status = 'pending' AND next_attempt_at <= $2) \
                  OR (status = 'sending' AND claimed_until <= now())) \
              ORDER BY next_attempt_at, id LIMIT $3",
@@ -916,6 +924,45 @@ impl Store for PgStore {
         .await?;
         p.done();
         Ok(rows)
+    }
+
+    async fn context_of(&self, rows: &[GenRow]) -> Result<Vec<Claimed>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "WITH t AS (SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
+                 $4::bigint[]) AS t(id, kind, subject_id, contact_id)), \
+             cl AS (SELECT t.id, t.kind, t.subject_id, NULL::text AS stage, \
+                 NULL::date AS event_date, 'whatsapp'::text AS channel, NULL::text AS subject, \
+                 NULL::text AS body, NULL::text AS media_url, NULL::text AS recipient, \
+                 0 AS attempts, 0 AS expired_leases, t.contact_id, NULL::text AS connection \
+                 FROM t) \
+             SELECT {CLAIM_CONTEXT} FROM cl {CLAIM_JOINS} ORDER BY cl.id"
+        );
+        let index: Vec<i64> = (0..rows.len()).map(|i| i64::try_from(i).unwrap_or(0)).collect();
+        let mut p = self.primary().await?;
+        let found = sqlx::query(&sql)
+            .bind(&index)
+            .bind(rows.iter().map(|r| r.kind.clone()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.subject_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|r| r.contact_id).collect::<Vec<_>>())
+            .fetch_all(p.conn()?)
+            .await?;
+        p.done();
+        let mut out: Vec<Claimed> =
+            rows.iter().enumerate().map(|(i, r)| super::candidate(i, r)).collect();
+        for row in &found {
+            let context = claimed(row);
+            let Some(c) = usize::try_from(context.id()).ok().and_then(|i| out.get_mut(i)) else {
+                continue;
+            };
+            c.contact = context.contact;
+            c.invoice = context.invoice;
+            c.vehicle = context.vehicle;
+            c.scheduled = context.scheduled;
+        }
+        Ok(out)
     }
 
     async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64> {

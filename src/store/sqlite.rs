@@ -28,9 +28,8 @@ use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRe
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
     DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, NewScheduled,
-    Preview, Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow,
-    SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow,
-    Written,
+    Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts,
+    SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow, Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::dates;
@@ -285,21 +284,10 @@ impl SqliteStore {
         if ids.is_empty() {
             return Ok(claimed);
         }
-        let context = sqlx::query(
-            "SELECT cl.id AS mid, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, \
-                 c.channels, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 i.id AS i_id, i.number, i.amount, i.due_date, i.status AS i_status, \
-                 v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date, \
-                 sm.id AS s_id, sm.status AS s_status, sm.body AS s_body, sm.caption AS s_caption, \
-                 sm.media_url AS s_media_url, sm.channel AS s_channel, \
-                 sm.scheduled_at AS s_scheduled_at, sm.recurrence AS s_recurrence \
-             FROM messages cl \
-             LEFT JOIN contacts c ON c.id = cl.contact_id \
-             LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
-             LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id \
-             LEFT JOIN scheduled_messages sm ON cl.kind = 'scheduled' AND sm.id = cl.subject_id \
-             WHERE cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2",
-        )
+        let context = sqlx::query(&context_sql(
+            "messages cl",
+            "cl.id IN (SELECT value FROM json_each(?1)) AND cl.claimed_by = ?2",
+        ))
         .bind(serde_json::to_string(&ids).unwrap_or_default())
         .bind(token)
         .fetch_all(&self.pool)
@@ -307,6 +295,40 @@ impl SqliteStore {
         for row in &context {
             let Ok(mid) = row.try_get::<i64, _>("mid") else { continue };
             let Some(c) = claimed.iter_mut().find(|c| c.id() == mid) else { continue };
+            self.fill_context(c, row);
+        }
+        Ok(claimed)
+    }
+
+    /// What delivery would need of rows a dry run would create, to render them.
+    async fn candidates_context(&self, rows: &[GenRow]) -> Result<Vec<Claimed>> {
+        let mut claimed: Vec<Claimed> =
+            rows.iter().enumerate().map(|(i, r)| super::candidate(i, r)).collect();
+        if rows.is_empty() {
+            return Ok(claimed);
+        }
+        let list: Vec<_> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                json!({"id": i, "kind": r.kind, "subject_id": r.subject_id,
+                       "contact_id": r.contact_id})
+            })
+            .collect();
+        let context = sqlx::query(&context_sql(
+            "(SELECT j.value ->> 'id' AS id, j.value ->> 'kind' AS kind, \
+                  j.value ->> 'subject_id' AS subject_id, j.value ->> 'contact_id' AS contact_id \
+              FROM json_each(?1) j) cl",
+            "true",
+        ))
+        .bind(serde_json::Value::Array(list).to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &context {
+            let Ok(index) = row.try_get::<i64, _>("mid") else { continue };
+            let Some(c) = usize::try_from(index).ok().and_then(|i| claimed.get_mut(i)) else {
+                continue;
+            };
             self.fill_context(c, row);
         }
         Ok(claimed)
@@ -368,6 +390,25 @@ impl SqliteStore {
             });
         }
     }
+}
+
+/// What delivery reads of a message's contact and subject; `from` names the messages as `cl`.
+fn context_sql(from: &str, filter: &str) -> String {
+    format!(
+        "SELECT cl.id AS mid, c.id AS c_id, c.name, c.phone, c.email, c.telegram_chat_id, \
+             c.channels, (c.opted_out_at IS NOT NULL) AS opted_out, \
+             i.id AS i_id, i.number, i.amount, i.due_date, i.status AS i_status, \
+             v.id AS v_id, v.plate_no, v.next_visit_date, v.last_visit_date, \
+             sm.id AS s_id, sm.status AS s_status, sm.body AS s_body, sm.caption AS s_caption, \
+             sm.media_url AS s_media_url, sm.channel AS s_channel, \
+             sm.scheduled_at AS s_scheduled_at, sm.recurrence AS s_recurrence \
+         FROM {from} \
+         LEFT JOIN contacts c ON c.id = cl.contact_id \
+         LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
+         LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id \
+         LEFT JOIN scheduled_messages sm ON cl.kind = 'scheduled' AND sm.id = cl.subject_id \
+         WHERE {filter}"
+    )
 }
 
 /// A vehicle's next visit: `next_visit_date`, or four months after `last_visit_date` (clamped
@@ -578,7 +619,8 @@ async fn generate(
         [rows_sql(kind, source), extras_sql(kind, source, new)].map(|rows| {
             format!(
                 "SELECT NULL AS id, n.kind, n.subject_id, n.stage, n.channel, n.status, \
-                     n.last_error AS error FROM ({rows}) n \
+                     n.last_error AS error, n.dedup_key, n.contact_id, n.event_date, \
+                     n.connection FROM ({rows}) n \
                  WHERE ?1 IS NOT NULL \
                    AND (n.fanout = 1 OR NOT EXISTS \
                         (SELECT 1 FROM messages m WHERE m.dedup_key = n.dedup_key))"
@@ -593,7 +635,8 @@ async fn generate(
                 "INSERT INTO messages ({columns}, next_attempt_at, created_at) \
                  SELECT {columns}, ?1, ?1 FROM ({rows}) n WHERE true \
                  ON CONFLICT DO NOTHING \
-                 RETURNING id, kind, subject_id, stage, channel, status, last_error AS error"
+                 RETURNING id, kind, subject_id, stage, channel, status, last_error AS error, \
+                     dedup_key, contact_id, event_date, connection"
             )
         })
     };
@@ -608,19 +651,33 @@ async fn generate(
                 _ => {}
             }
             if out.rows.len() < keep {
-                out.rows.push(GenRow {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    subject_id: r.try_get("subject_id")?,
-                    stage: r.try_get("stage")?,
-                    channel: r.try_get("channel")?,
-                    status,
-                    error: r.try_get("error")?,
-                });
+                out.rows.push(gen_row(r, status)?);
             }
         }
     }
     Ok(out)
+}
+
+/// A generated (or, dry, would-be) row. The contact id came from an input table, so it is read
+/// tolerantly: a failed row may carry whatever the app wrote there.
+fn gen_row(r: &SqliteRow, status: String) -> Result<GenRow> {
+    let int = |col: &str| match Raw::read(r, col) {
+        Raw::Integer(n) => Some(n),
+        _ => None,
+    };
+    Ok(GenRow {
+        id: int("id"),
+        kind: r.try_get("kind")?,
+        subject_id: int("subject_id"),
+        stage: r.try_get("stage")?,
+        channel: r.try_get("channel")?,
+        status,
+        error: r.try_get("error")?,
+        dedup_key: r.try_get("dedup_key")?,
+        contact_id: int("contact_id"),
+        event_date: r.try_get::<Option<String>, _>("event_date")?.and_then(|d| d.parse().ok()),
+        connection: r.try_get("connection")?,
+    })
 }
 
 /// `{"id": "date", …}` of rows read in Rust, for a rule's second branch.
@@ -977,7 +1034,8 @@ impl Store for SqliteStore {
         let _ = now;
         let sql = if dry_run {
             "SELECT m.id, m.kind, m.subject_id, m.stage, m.channel, 'cancelled' AS status, \
-                 'invoice is ' || i.status AS error \
+                 'invoice is ' || i.status AS error, m.dedup_key, m.contact_id, m.event_date, \
+                 m.connection \
              FROM messages m JOIN invoices i ON i.id = m.subject_id \
              WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.status <> 'unpaid'"
         } else {
@@ -986,12 +1044,13 @@ impl Store for SqliteStore {
              WHERE messages.kind = 'dunning' AND messages.status = 'pending' \
                AND i.id = messages.subject_id AND i.status <> 'unpaid' \
              RETURNING messages.id, messages.kind, messages.subject_id, messages.stage, \
-                 messages.channel, messages.status, messages.last_error AS error"
+                 messages.channel, messages.status, messages.last_error AS error, \
+                 messages.dedup_key, messages.contact_id, messages.event_date, messages.connection"
         };
         let mut c = Single::acquire(&self.pool).await?;
-        let rows = sqlx::query_as::<_, GenRow>(sql).fetch_all(c.conn()).await?;
+        let rows = sqlx::query(sql).fetch_all(c.conn()).await?;
         c.done();
-        Ok(rows)
+        rows.iter().map(|r| gen_row(r, "cancelled".to_string())).collect()
     }
 
     async fn reserve_slots(
@@ -1323,9 +1382,10 @@ impl Store for SqliteStore {
         channel: ChannelKind,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<Preview>> {
-        Ok(sqlx::query_as::<_, Preview>(
-            "SELECT id, kind, stage, channel, contact_id FROM messages \
+    ) -> Result<Vec<GenRow>> {
+        let rows = sqlx::query(
+            "SELECT id, kind, subject_id, stage, channel, status, last_error AS error, dedup_key, \
+                 contact_id, event_date, connection FROM messages \
              WHERE channel = ?1 AND ((status = 'pending' AND next_attempt_at <= ?2) \
                  OR (status = 'sending' AND claimed_until <= ?4)) \
              ORDER BY next_attempt_at, id LIMIT ?3",
@@ -1335,7 +1395,12 @@ impl Store for SqliteStore {
         .bind(limit)
         .bind(real(Duration::ZERO))
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.iter().map(|r| gen_row(r, r.try_get("status")?)).collect()
+    }
+
+    async fn context_of(&self, rows: &[GenRow]) -> Result<Vec<Claimed>> {
+        self.candidates_context(rows).await
     }
 
     async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64> {

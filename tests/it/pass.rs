@@ -262,4 +262,52 @@ async fn dry_run_body(db: &TestDb) {
     assert_eq!(count(&doc, "sent"), 0);
     assert_eq!(db.int("SELECT count(*) FROM messages").await, 0);
     assert!(db.text("SELECT next_run_at FROM scheduled_messages").await.is_none());
+
+    // Each would-be message says who, what, and the exact text it would carry.
+    let all = details(&doc);
+    let dunning = all.iter().find(|d| d["kind"] == "dunning").expect("a dunning row");
+    assert_eq!(dunning["status"], "would send", "{dunning}");
+    assert_eq!(dunning["stage"], "T-3");
+    assert_eq!(dunning["recipient"], "6281234567890");
+    assert_eq!(dunning["contact_name"], "Budi");
+    assert_eq!(dunning["invoice_number"], "INV-1");
+    assert_eq!(dunning["amount"], 150_000);
+    assert_eq!(dunning["date"], "2025-11-20");
+    assert_eq!(
+        (dunning["days_left"].as_i64(), dunning["days_overdue"].as_i64()),
+        (Some(3), Some(0))
+    );
+    let body = dunning["body"].as_str().unwrap_or_default();
+    assert!(body.contains("INV-1") && body.contains("Rp 150.000"), "{body}");
+    let scheduled = all.iter().find(|d| d["kind"] == "scheduled").expect("a scheduled row");
+    assert_eq!(scheduled["body"], "Harian", "{scheduled}");
+    assert_eq!(scheduled["scheduled_message_id"], 1);
+
+    // The human summary shows the same, one message per line.
+    let text =
+        db.run(&["run", "--dry-run", "--now", "2025-11-17T09:00:00+07:00"], &LOG_CHANNELS).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("Budi · INV-1 · Rp 150.000 · 2025-11-20, in 3 day(s)"), "{text}");
+}
+
+both!(dry_run_shows_what_a_queued_message_would_become, dry_run_queued_body);
+async fn dry_run_queued_body(db: &TestDb) {
+    contact(db, "Budi", "081234567890", "whatsapp").await;
+    contact(db, "Siti", "081234567891", "whatsapp").await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    invoice(db, 2, "INV-2", "2025-11-20").await;
+    db.pass(&["generate", "--now", "2025-11-17T09:00:00+07:00"], &LOG_CHANNELS).await;
+    // After queueing, one invoice is paid and one contact opts out.
+    db.exec("UPDATE invoices SET status = 'paid' WHERE number = 'INV-1'").await;
+    db.exec("UPDATE contacts SET opted_out_at = '2025-11-17T01:00:00Z' WHERE name = 'Siti'").await;
+    let doc =
+        db.pass(&["send", "--dry-run", "--now", "2025-11-17T09:05:00+07:00"], &LOG_CHANNELS).await;
+    let all = details(&doc);
+    let paid = all.iter().find(|d| d["invoice_number"] == "INV-1").expect("INV-1");
+    assert_eq!(paid["status"], "would be cancelled", "{paid}");
+    assert!(paid["id"].as_i64().is_some());
+    let opted = all.iter().find(|d| d["invoice_number"] == "INV-2").expect("INV-2");
+    assert_eq!(opted["status"], "would be skipped", "{opted}");
+    assert_eq!(opted["contact_name"], "Siti");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 2);
 }
