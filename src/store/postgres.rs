@@ -133,18 +133,32 @@ fn is_local(host: &str) -> bool {
         || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A contact's first preferred channel, or WhatsApp when it names none.
-const CHANNEL: &str = "substr(COALESCE(NULLIF(lower(btrim(split_part(c.channels, ',', 1), \
-     E' \\t\\r\\n')), ''), 'whatsapp'), 1, 40)";
+/// The channel a reminder goes on, from `value`: a contact's ordered preference (`list`: its
+/// first name counts) or a scheduled message's one channel. WhatsApp when it names none at all;
+/// else the name, lower-cased, without surrounding whitespace (as `ChannelKind` reads names),
+/// cut to what fits a channel name (an index row has a size limit), which generation fails
+/// with the reason unless it is a channel: an empty name too (`,email`).
+fn channel_sql(value: &str, list: bool) -> String {
+    const WS: &str = "E' \\t\\r\\n'";
+    let first = if list { format!("split_part({value}, ',', 1)") } else { value.to_string() };
+    format!(
+        "(CASE WHEN btrim(COALESCE({value}, ''), {WS}) = '' THEN 'whatsapp' \
+             ELSE substr(lower(btrim({first}, {WS})), 1, 40) END)"
+    )
+}
 
 /// Status and reason of a new outbox row, decided in SQL so that generation stays set-based.
 const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
      WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN 'failed' \
      WHEN s.opted_out THEN 'skipped' ELSE 'pending' END";
+/// `s.channel_at` names where the channel came from, the way a bad value is named
+/// (`contacts 12 channels`).
 const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
        'contact ' || COALESCE(CAST(s.contact_id AS TEXT), '(none)') || ' not found' \
+     WHEN s.channel = '' THEN s.channel_at || ': an empty channel name' \
      WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
-       'unknown channel ''' || s.channel || ''' in contacts.channels' \
+       s.channel_at || ': unknown channel ''' || s.channel \
+         || ''' (known: whatsapp, telegram, email)' \
      WHEN s.opted_out THEN 'contact opted out' END";
 
 /// Wraps a rule's candidate rows (`source`, parameters from `$2`) into one statement that
@@ -345,9 +359,11 @@ impl Store for PgStore {
                  'dunning:' || i.id || ':' || to_char(i.due_date, 'YYYY-MM-DD') || ':' || $2::text \
                      AS dedup_key, \
                  i.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 {CHANNEL} AS channel, NULL::text AS body, NULL::text AS media_url \
+                 {} AS channel, 'contacts ' || c.id || ' channels' AS channel_at, \
+                 NULL::text AS body, NULL::text AS media_url \
              FROM invoices i LEFT JOIN contacts c ON c.id = i.contact_id \
-             WHERE i.status = 'unpaid' AND i.due_date BETWEEN $3 AND $4"
+             WHERE i.status = 'unpaid' AND i.due_date BETWEEN $3 AND $4",
+            channel_sql("c.channels", true)
         );
         let mut p = self.primary().await?;
         let rows = sqlx::query(&generation_sql("dunning", &source, dry_run, keep))
@@ -373,11 +389,13 @@ impl Store for PgStore {
             "SELECT v.id AS subject_id, 'visit'::text AS stage, v.visit AS event_date, \
                  'maintenance:' || v.id || ':' || to_char(v.visit, 'YYYY-MM-DD') AS dedup_key, \
                  v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 {CHANNEL} AS channel, NULL::text AS body, NULL::text AS media_url \
+                 {} AS channel, 'contacts ' || c.id || ' channels' AS channel_at, \
+                 NULL::text AS body, NULL::text AS media_url \
              FROM (SELECT id, contact_id, COALESCE(next_visit_date, \
                        (last_visit_date + interval '4 months')::date) AS visit FROM vehicles) v \
              LEFT JOIN contacts c ON c.id = v.contact_id \
-             WHERE v.visit BETWEEN $2 AND $3"
+             WHERE v.visit BETWEEN $2 AND $3",
+            channel_sql("c.channels", true)
         );
         let mut p = self.primary().await?;
         let rows = sqlx::query(&generation_sql("maintenance", &source, dry_run, keep))
@@ -450,15 +468,18 @@ impl Store for PgStore {
             .await?;
         }
         let won: Vec<&ScheduledAdvance> = advances.iter().filter(|a| ids.contains(&a.id)).collect();
-        let source = "SELECT s.id AS subject_id, d.stage, NULL::date AS event_date, \
+        let source = format!(
+            "SELECT s.id AS subject_id, d.stage, NULL::date AS event_date, \
                  d.key AS dedup_key, s.contact_id, c.id AS contact_found, \
                  (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 COALESCE(NULLIF(lower(trim(s.channel)), ''), 'whatsapp') AS channel, \
+                 {} AS channel, 'scheduled_messages ' || s.id || ' channel' AS channel_at, \
                  COALESCE(NULLIF(s.body, ''), s.caption, '') AS body, s.media_url \
              FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS d(id, key, stage) \
              JOIN scheduled_messages s ON s.id = d.id \
-             LEFT JOIN contacts c ON c.id = s.contact_id";
-        let rows = sqlx::query(&generation_sql("scheduled", source, dry_run, keep))
+             LEFT JOIN contacts c ON c.id = s.contact_id",
+            channel_sql("s.channel", false)
+        );
+        let rows = sqlx::query(&generation_sql("scheduled", &source, dry_run, keep))
             .bind(now)
             .bind(won.iter().map(|a| a.id).collect::<Vec<_>>())
             .bind(won.iter().map(|a| a.dedup_key.clone()).collect::<Vec<_>>())

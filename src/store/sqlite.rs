@@ -33,7 +33,7 @@ use super::{
 };
 use crate::domain::channel::ChannelKind;
 use crate::domain::dates;
-use crate::domain::outbox::Outcome;
+use crate::domain::outbox::{Kind, Outcome};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -73,13 +73,27 @@ fn real_ns() -> i64 {
     crate::clock::real_now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
-/// Whether a date column's value must be read in Rust: not text, not a date SQLite reads, or a
-/// timestamp with an offset. The migration's partial indexes repeat this expression exactly.
+/// Whether a date column's value must be read in Rust. SQL reads a value only when `date()`
+/// agrees with Rust on it: text that starts with a real calendar date (`date(…, '+0 days')`
+/// normalizes `2025-02-30` to March, and reads a Julian day number) followed by nothing but a
+/// naive time. Anything else, an offset in any spelling (`+07:00`, ` +0700`, `Z`, ` Z`) above
+/// all, which `date()` reads as its UTC date, is read in Rust as a local date, or reported.
+/// The latest migration's partial indexes repeat this expression exactly.
 fn odd_date(col: &str) -> String {
     format!(
-        "({col} IS NOT NULL AND (typeof({col}) <> 'text' OR date({col}) IS NULL \
-         OR {col} GLOB '*[0-9][Zz]' OR {col} GLOB '*[0-9][+-][0-9][0-9]:[0-9][0-9]' \
-         OR {col} GLOB '*[0-9][+-][0-9][0-9][0-9][0-9]'))"
+        "({col} IS NOT NULL AND (typeof({col}) <> 'text' \
+         OR date({col}, '+0 days') IS NOT substr({col}, 1, 10) \
+         OR substr({col}, 11) GLOB '*[^0-9:. Tt]*'))"
+    )
+}
+
+/// Whether a timestamp column's value must be checked in Rust: not text, not a time
+/// `unixepoch()` reads, or not starting with a date (`unixepoch()` also reads Julian day
+/// numbers such as `2460996.5`, which no rule means).
+fn odd_instant(col: &str) -> String {
+    format!(
+        "({col} IS NOT NULL AND (typeof({col}) <> 'text' OR unixepoch({col}) IS NULL \
+         OR {col} NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'))"
     )
 }
 
@@ -144,7 +158,13 @@ impl Raw {
             Raw::Text(t) => Ok(Some(t.clone())),
             Raw::Integer(n) => Ok(Some(n.to_string())),
             Raw::Real(x) if x.fract() == 0.0 && x.abs() < 1e15 => Ok(Some(format!("{x:.0}"))),
-            other => Err(BadValue::new(at.0, at.1, at.2, &other.shown(), "is not text")),
+            other => Err(BadValue::new(
+                at.0,
+                at.1,
+                at.2,
+                &other.shown(),
+                format!("{} is not text", other.shown()),
+            )),
         }
     }
 
@@ -180,7 +200,7 @@ impl Raw {
                 at.1,
                 at.2,
                 &other.shown(),
-                "is not a date (YYYY-MM-DD, or an ISO-8601 timestamp)",
+                format!("{} is not a date (YYYY-MM-DD, or an ISO-8601 timestamp)", other.shown()),
             )),
         }
     }
@@ -363,18 +383,30 @@ fn own_columns(row: &SqliteRow) -> Claimed {
     let decoded = (|| -> std::result::Result<ClaimedRow, String> {
         let text =
             |col: &str| row.try_get::<Option<String>, _>(col).map_err(|e| format!("{col}: {e}"));
+        let kind: Kind = row.try_get::<String, _>("kind").map_err(|e| e.to_string())?.parse()?;
+        let subject_id: Option<i64> =
+            row.try_get("subject_id").map_err(|e| format!("subject_id: {e}"))?;
+        // A scheduled message's text and media were copied from its row when it was queued:
+        // a value there that is not text is named where the app wrote it.
+        let copied = |col: &'static str| {
+            let at = match (kind, subject_id) {
+                (Kind::Scheduled, Some(subject)) => ("scheduled_messages", subject, col),
+                _ => ("messages", id, col),
+            };
+            Raw::read(row, col).text(at).map_err(|bad| bad.to_string())
+        };
         Ok(ClaimedRow {
             id,
-            kind: row.try_get::<String, _>("kind").map_err(|e| e.to_string())?.parse()?,
-            subject_id: row.try_get("subject_id").map_err(|e| format!("subject_id: {e}"))?,
+            kind,
+            subject_id,
             stage: text("stage")?,
             event_date: row
                 .try_get::<Option<NaiveDate>, _>("event_date")
                 .map_err(|e| format!("event_date: {e}"))?,
             channel: row.try_get::<String, _>("channel").map_err(|e| e.to_string())?.parse()?,
             subject: text("subject")?,
-            body: text("body")?,
-            media_url: text("media_url")?,
+            body: copied("body")?,
+            media_url: copied("media_url")?,
             recipient: text("recipient")?,
             attempts: row.try_get("attempts").map_err(|e| format!("attempts: {e}"))?,
             expired_leases: row
@@ -394,27 +426,65 @@ fn own_columns(row: &SqliteRow) -> Claimed {
 const OWN_COLUMNS: &str = "id, kind, subject_id, stage, event_date, channel, subject, body, \
     media_url, recipient, attempts, expired_leases, contact_id";
 
-/// A contact's first preferred channel, or WhatsApp when it names none. Only what fits a
-/// channel name is kept, so a blob or a long text in `channels` cannot bloat the outbox.
-const CHANNEL: &str = "substr(COALESCE(NULLIF(lower(trim(CASE WHEN instr(c.channels, ',') > 0 \
-     THEN substr(c.channels, 1, instr(c.channels, ',') - 1) ELSE c.channels END, ' ' || char(9, 10, 13))), ''), \
-     'whatsapp'), 1, 40)";
+/// `expr` as text that is safe to store and to read back: as it is, cut to 40 characters, when
+/// it is printable ASCII, else its first bytes in hex (`x'ff…'`, as [`Raw::shown`] shows bytes).
+/// SQL cannot tell valid UTF-8 from invalid, and one value in the outbox that does not decode
+/// would fail every statement that reads it back, generation and `status` included.
+fn printable(expr: &str) -> String {
+    format!(
+        "(CASE WHEN typeof({expr}) = 'blob' OR {expr} GLOB '*[^ -~]*' \
+             THEN 'x''' || lower(hex(substr(CAST({expr} AS BLOB), 1, 16))) || '''' \
+             ELSE CAST(substr({expr}, 1, 40) AS TEXT) END)"
+    )
+}
+
+/// The channel a reminder goes on, from `value`: a contact's ordered preference (`list`: its
+/// first name counts) or a scheduled message's one channel. WhatsApp when it names none at all;
+/// else the name, lower-cased, without surrounding whitespace (as `ChannelKind` reads names),
+/// which generation fails with the reason unless it is a channel: an empty name too (`,email`).
+fn channel_sql(value: &str, list: bool) -> String {
+    const WS: &str = "' ' || char(9, 10, 13)";
+    let first = if list {
+        format!(
+            "CASE WHEN instr({value}, ',') > 0 THEN substr({value}, 1, instr({value}, ',') - 1) \
+             ELSE {value} END"
+        )
+    } else {
+        value.to_string()
+    };
+    format!(
+        "(CASE WHEN {value} IS NULL OR (typeof({value}) = 'text' AND trim({value}, {WS}) = '') \
+             THEN 'whatsapp' ELSE {} END)",
+        printable(&format!("lower(trim({first}, {WS}))"))
+    )
+}
 
 const STATUS: &str = "CASE WHEN s.contact_found IS NULL THEN 'failed' \
      WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN 'failed' \
      WHEN s.opted_out THEN 'skipped' ELSE 'pending' END";
-const REASON: &str = "CASE WHEN s.contact_found IS NULL THEN \
-       'contact ' || COALESCE(substr(CAST(s.contact_id AS TEXT), 1, 40), '(none)') || ' not found' \
-     WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
-       'unknown channel ''' || s.channel || ''' in contacts.channels' \
-     WHEN s.opted_out THEN 'contact opted out' END";
+
+/// Why a new outbox row is not pending. `s.channel_at` names where its channel came from, the
+/// way a bad value is named (`contacts 12 channels`).
+fn reason_sql() -> String {
+    format!(
+        "CASE WHEN s.contact_found IS NULL THEN \
+           'contact ' || COALESCE({}, '(none)') || ' not found' \
+         WHEN s.channel = '' THEN s.channel_at || ': an empty channel name' \
+         WHEN s.channel NOT IN ('whatsapp', 'telegram', 'email') THEN \
+           s.channel_at || ': unknown channel ''' || s.channel \
+             || ''' (known: whatsapp, telegram, email)' \
+         WHEN s.opted_out THEN 'contact opted out' END",
+        printable("CAST(s.contact_id AS TEXT)")
+    )
+}
 
 /// A rule's candidates (`source`) as outbox rows, with their status decided in SQL.
 fn rows_sql(kind: &str, source: &str) -> String {
     format!(
         "SELECT '{kind}' AS kind, s.subject_id, s.stage, s.event_date, s.dedup_key, s.contact_id, \
-                s.channel, s.body, s.media_url, {STATUS} AS status, {REASON} AS last_error \
-         FROM ({source}) s"
+                s.channel, s.body, s.media_url, {STATUS} AS status, {} AS last_error \
+         FROM ({source}) s",
+        reason_sql()
     )
 }
 
@@ -588,11 +658,14 @@ impl Store for SqliteStore {
                 Err(bad) => scan.bad.push(bad),
             }
         }
-        let scheduled = sqlx::query(
+        // Generation needs both times of a scheduled message (the series starts at
+        // `scheduled_at`), so each one that Rust cannot read is reported, whichever is first.
+        let scheduled = sqlx::query(&format!(
             "SELECT id, scheduled_at, next_run_at FROM scheduled_messages \
-             WHERE status = 'active' AND unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL \
-             ORDER BY id",
-        )
+             WHERE status = 'active' AND ({} OR {}) ORDER BY id",
+            odd_instant("next_run_at"),
+            odd_instant("scheduled_at")
+        ))
         .fetch_all(&self.pool)
         .await?;
         for row in &scheduled {
@@ -602,24 +675,20 @@ impl Store for SqliteStore {
                 if raw == Raw::Null {
                     continue;
                 }
-                let text = raw.text(("scheduled_messages", id, column));
-                let readable = matches!(&text, Ok(Some(t)) if dates::instant(t, self.tz).is_ok());
-                if !readable {
-                    let problem = match &text {
-                        Ok(Some(t)) => dates::instant(t, self.tz)
-                            .err()
-                            .map_or_else(String::new, |e| e.to_string()),
-                        _ => "is not a timestamp".to_string(),
-                    };
-                    scan.bad.push(BadValue::new(
-                        "scheduled_messages",
-                        id,
-                        column,
-                        &raw.shown(),
-                        problem,
-                    ));
-                }
-                break;
+                let problem = match raw.text(("scheduled_messages", id, column)) {
+                    Ok(Some(t)) => match dates::instant(&t, self.tz) {
+                        Ok(_) => continue,
+                        Err(e) => e.to_string(),
+                    },
+                    _ => format!("{} is not a timestamp", raw.shown()),
+                };
+                scan.bad.push(BadValue::new(
+                    "scheduled_messages",
+                    id,
+                    column,
+                    &raw.shown(),
+                    problem,
+                ));
             }
         }
         Ok(scan)
@@ -641,7 +710,9 @@ impl Store for SqliteStore {
                      'dunning:' || i.id || ':' || {due_expr} || ':' || ?2 AS dedup_key, \
                      i.contact_id, c.id AS contact_found, \
                      (c.opted_out_at IS NOT NULL) AS opted_out, \
-                     {CHANNEL} AS channel, NULL AS body, NULL AS media_url"
+                     {} AS channel, 'contacts ' || c.id || ' channels' AS channel_at, \
+                     NULL AS body, NULL AS media_url",
+                channel_sql("c.channels", true)
             )
         };
         let source = format!(
@@ -677,11 +748,16 @@ impl Store for SqliteStore {
     ) -> Result<Generated> {
         // date(d, '+4 months') overflows into the next month (Oct 31 → Mar 3); clamp to the
         // month's last day as PostgreSQL does (Oct 31 → Feb 28).
-        let columns = "SELECT v.id AS subject_id, 'visit' AS stage, v.visit AS event_date, \
+        let columns = format!(
+            "SELECT v.id AS subject_id, 'visit' AS stage, v.visit AS event_date, \
                  'maintenance:' || v.id || ':' || v.visit AS dedup_key, \
-                 v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out";
+                 v.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
+                 {} AS channel, 'contacts ' || c.id || ' channels' AS channel_at, \
+                 NULL AS body, NULL AS media_url",
+            channel_sql("c.channels", true)
+        );
         let source = format!(
-            "{columns}, {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
+            "{columns} \
              FROM (SELECT id, contact_id, CASE WHEN next_visit_date IS NOT NULL \
                        THEN date(next_visit_date) \
                        WHEN strftime('%d', date(last_visit_date, '+4 months')) \
@@ -693,7 +769,7 @@ impl Store for SqliteStore {
              LEFT JOIN contacts c ON c.id = v.contact_id \
              WHERE v.visit BETWEEN ?2 AND ?3 \
              UNION ALL \
-             {columns}, {CHANNEL} AS channel, NULL AS body, NULL AS media_url \
+             {columns} \
              FROM (SELECT ve.id, ve.contact_id, f.value AS visit FROM json_each(?4) f \
                    JOIN vehicles ve ON ve.id = CAST(f.key AS INTEGER)) v \
              LEFT JOIN contacts c ON c.id = v.contact_id \
@@ -719,12 +795,15 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<DueScheduled>> {
         // SQL narrows by the stored text read as UTC, widened by the largest zone offset; Rust
-        // then reads each value in the zone (a naive value is local time) and decides.
+        // then reads each value in the zone (a naive value is local time) and decides. Values
+        // SQL cannot read at all (`… +0700`) are Rust's to decide too; the ones Rust cannot
+        // read either are skipped here and reported by `scan_inputs`.
         let rows = sqlx::query(
             "SELECT id, scheduled_at, COALESCE(next_run_at, scheduled_at) AS run_at, recurrence \
              FROM scheduled_messages \
              WHERE status = 'active' \
-               AND unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 AND id > ?2 \
+               AND (unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 \
+                    OR unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL) AND id > ?2 \
              ORDER BY id LIMIT ?3",
         )
         .bind(now.timestamp() + LOCAL_SLACK_SECONDS)
@@ -802,16 +881,19 @@ impl Store for SqliteStore {
         }
         let batch: Vec<_> =
             won.iter().map(|a| json!({"id": a.id, "key": a.dedup_key, "stage": a.stage})).collect();
-        let source = "SELECT s.id AS subject_id, d.stage, NULL AS event_date, d.key AS dedup_key, \
+        let source = format!(
+            "SELECT s.id AS subject_id, d.stage, NULL AS event_date, d.key AS dedup_key, \
                  s.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 COALESCE(NULLIF(lower(trim(s.channel)), ''), 'whatsapp') AS channel, \
+                 {} AS channel, 'scheduled_messages ' || s.id || ' channel' AS channel_at, \
                  COALESCE(NULLIF(s.body, ''), s.caption, '') AS body, s.media_url \
              FROM (SELECT value ->> 'id' AS id, value ->> 'key' AS key, value ->> 'stage' AS stage \
                    FROM json_each(?2)) d \
              JOIN scheduled_messages s ON s.id = d.id \
-             LEFT JOIN contacts c ON c.id = s.contact_id";
+             LEFT JOIN contacts c ON c.id = s.contact_id",
+            channel_sql("s.channel", false)
+        );
         let binds = [Bind::Text(serde_json::Value::Array(batch).to_string())];
-        let mut out = generate(w.conn(), "scheduled", source, &binds, now, dry_run, keep).await?;
+        let mut out = generate(w.conn(), "scheduled", &source, &binds, now, dry_run, keep).await?;
         w.commit().await?;
         out.found = advances.len() as u64;
         Ok(out)
@@ -1370,10 +1452,140 @@ mod tests {
         assert_eq!(ts(DateTime::<Utc>::MIN_UTC), "0000-01-01T00:00:00.000Z");
     }
 
+    use chrono_tz::Asia::Jakarta;
+    use sqlx::Connection as _;
+
+    /// An expression of column `v`, evaluated by SQLite for one value written as SQL.
+    async fn eval<T>(conn: &mut SqliteConnection, expr: &str, value: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + Send + Unpin,
+    {
+        sqlx::query_scalar(&format!("SELECT {expr} FROM (SELECT {value} AS v)"))
+            .fetch_one(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{value}: {e}"))
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        let store = SqliteStore::connect(&url, Jakarta).await.unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn sql_reads_an_input_date_only_where_rust_reads_it_the_same() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        for value in
+            ["'2025-11-18'", "'2025-11-18 09:00:00'", "'2025-11-18T23:59:59.999'", "'2025-11-18 '"]
+        {
+            assert!(!eval::<bool>(&mut conn, &odd_date("v"), value).await, "{value}");
+            let sql: String = eval(&mut conn, "date(v)", value).await;
+            let text: String = eval(&mut conn, "v", value).await;
+            assert_eq!(dates::local_date(&text, Jakarta).map(|d| d.to_string()), Ok(sql));
+        }
+        // Offsets in any spelling (date() gives their UTC date), impossible days (date() keeps
+        // or rolls them), Julian day numbers, and what is no date at all: Rust reads them.
+        for value in [
+            "'2025-11-18T01:00:00+07:00'",
+            "'2025-11-18T01:00:00+0700'",
+            "'2025-11-18 01:00:00 +07:00'",
+            "'2025-11-17 20:00:00 Z'",
+            "'2025-11-17T20:00:00z'",
+            "'2025-02-30'",
+            "'2025-11-31'",
+            "'2460997.5'",
+            "2460997.5",
+            "20251118",
+            "''",
+            "'tomorrow'",
+            "'2025-11-18x'",
+            "X'ff'",
+        ] {
+            assert!(eval::<bool>(&mut conn, &odd_date("v"), value).await, "{value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_name_bound_for_the_outbox_is_always_printable_text() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        for (value, channel) in [
+            ("NULL", "whatsapp"),
+            ("''", "whatsapp"),
+            ("' ' || char(9, 10)", "whatsapp"),
+            ("'WhatsApp , email'", "whatsapp"),
+            ("char(9) || 'Email' || char(13, 10)", "email"),
+            ("'sms,email'", "sms"),
+            // An empty first name is a reason, not "none named".
+            ("',email'", ""),
+            // UTF-8 in a blob is text stored through the wrong API, as `Raw` reads it.
+            ("X'656d61696c'", "email"),
+            ("X'ff'", "x'ff'"),
+            ("CAST(X'656d61696cff' AS TEXT)", "x'656d61696cff'"),
+            ("'whatsapp' || char(27)", "x'77686174736170701b'"),
+            ("7", "7"),
+        ] {
+            assert_eq!(eval::<String>(&mut conn, &channel_sql("v", true), value).await, channel);
+        }
+        let long = "'w' || hex(zeroblob(100000))";
+        assert_eq!(eval::<String>(&mut conn, &channel_sql("v", false), long).await.len(), 40);
+        assert_eq!(
+            eval::<String>(&mut conn, &channel_sql("v", false), "',email'").await,
+            ",email",
+            "a scheduled message names one channel"
+        );
+    }
+
+    #[tokio::test]
+    async fn scheduled_times_sql_cannot_read_are_read_in_rust_and_the_rest_reported() {
+        let (_dir, store) = store().await;
+        sqlx::raw_sql(
+            "INSERT INTO scheduled_messages (id, scheduled_at, next_run_at) VALUES \
+             (1, '2025-11-17 08:00:00 +0700', NULL), (2, '2460996.5', NULL), \
+             (3, 'tomorrow', '2025-11-17 08:00:00'), (4, '2025-11-17 08:00:00', NULL), \
+             (5, '2025-11-17 10:00:00 +0700', NULL)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let now = "2025-11-17T02:00:00Z".parse().unwrap();
+        let due = store.due_scheduled(now, 0, 100).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 4]);
+        let scan = store.scan_inputs().await.unwrap();
+        let bad: Vec<_> = scan.bad.iter().map(|b| (b.id, b.column)).collect();
+        assert_eq!(bad, [(2, "scheduled_at"), (3, "scheduled_at")]);
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_text_that_is_not_text_fails_naming_the_scheduled_row() {
+        let (_dir, store) = store().await;
+        sqlx::raw_sql(
+            "INSERT INTO messages (kind, subject_id, dedup_key, channel, body, next_attempt_at) \
+             VALUES ('scheduled', 9, 'scheduled:9:x', 'whatsapp', X'ff', '2000-01-01T00:00:00.000Z')",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let request = ClaimRequest {
+            channel: ChannelKind::WhatsApp,
+            limit: 10,
+            token: "t",
+            now: "2025-11-17T02:00:00Z".parse().unwrap(),
+            lease: Duration::from_secs(60),
+        };
+        let claimed = store.claim(&request).await.unwrap();
+        let Err((_, reason)) = &claimed[0].row else { panic!("read: {:?}", claimed[0].row) };
+        assert!(
+            reason.ends_with("scheduled_messages 9 body: x'ff' (1 bytes) is not text"),
+            "{reason}"
+        );
+    }
+
     #[test]
     fn the_odd_date_expression_is_the_one_the_indexes_use() {
         let migration =
-            include_str!("../../migrations/sqlite/20251201000000_split_leases_from_due_times.sql");
+            include_str!("../../migrations/sqlite/20251211174213_reindex_odd_input_dates.sql");
         for column in ["due_date", "next_visit_date", "last_visit_date"] {
             assert!(migration.contains(&odd_date(column).replace("    ", "")), "{column}");
         }
