@@ -430,7 +430,7 @@ impl StatusReport {
                 self.data.bad_inputs.len()
             );
             for bad in self.data.bad_inputs.iter().take(crate::deliver::HUMAN_DETAILS) {
-                let _ = writeln!(out, "  {bad}");
+                let _ = writeln!(out, "  {}", escape_control(&bad.to_string()));
             }
         }
         if !self.data.failures.is_empty() {

@@ -11,7 +11,9 @@ use crate::domain::channel::{first_group, ChannelKind};
 use crate::domain::dunning::DunningPolicy;
 use crate::domain::outbox::{Kind, Resolution, RetryCause};
 use crate::domain::{format, phone};
-use crate::store::{BadValue, Cell, Claimed, ClaimedRow, ContactRow, ScheduledRow};
+use crate::store::{
+    BadValue, Cell, Claimed, ClaimedRow, ContactRow, InvoiceRow, ScheduledRow, VehicleRow,
+};
 use crate::templates::{ContactVars, DunningVars, MaintenanceVars, Rendered, Templates};
 
 /// Longest text any channel is handed; a longer one is a data error, not a message.
@@ -187,13 +189,7 @@ fn try_prepare(
     }
     let length = rendered.body.chars().count();
     if length > MAX_BODY_CHARS {
-        return Err(Resolution::Failed {
-            reason: format!(
-                "the message is {length} characters long, more than any channel carries \
-                 ({MAX_BODY_CHARS}); check the data it is made from"
-            ),
-            fallback: None,
-        });
+        return Err(Resolution::Failed { reason: too_long(claimed, row, length), fallback: None });
     }
     let recipient = match address(contact, row.channel) {
         Ok(r) => r,
@@ -273,6 +269,66 @@ fn scheduled_text(
         fallback: None,
     })?;
     Ok((body, media))
+}
+
+/// Why a message of `length` characters cannot go out: the input value that makes up most of
+/// it, named as a bad value is (`contacts 12 name: …`), or else the message as a whole (a
+/// template that long).
+fn too_long(claimed: &Claimed, row: &ClaimedRow, length: usize) -> String {
+    let mut inputs: Vec<(&'static str, i64, &'static str, &str)> = Vec::new();
+    if let Some(ContactRow { id, name: Ok(Some(name)), .. }) = &claimed.contact {
+        inputs.push(("contacts", *id, "name", name));
+    }
+    match row.kind {
+        Kind::Dunning => {
+            if let Some(InvoiceRow { id, number: Ok(Some(n)), .. }) = &claimed.invoice {
+                inputs.push(("invoices", *id, "number", n));
+            }
+        }
+        Kind::Maintenance => {
+            if let Some(VehicleRow { id, plate_no: Ok(Some(p)), .. }) = &claimed.vehicle {
+                inputs.push(("vehicles", *id, "plate_no", p));
+            }
+        }
+        // The text is the scheduled message's as it is now: its body, or else its caption.
+        Kind::Scheduled => {
+            if let Some(s) = &claimed.scheduled {
+                match (&s.body, &s.caption) {
+                    (Ok(Some(body)), _) if !body.trim().is_empty() => {
+                        inputs.push(("scheduled_messages", s.id, "body", body));
+                    }
+                    (_, Ok(Some(caption))) => {
+                        inputs.push(("scheduled_messages", s.id, "caption", caption));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Kind::Test => {}
+    }
+    let culprit = inputs
+        .into_iter()
+        .map(|(table, id, column, value)| (table, id, column, value, value.chars().count()))
+        .max_by_key(|input| input.4)
+        .filter(|input| input.4 > length - input.4);
+    match culprit {
+        Some((table, id, column, value, chars)) => BadValue::new(
+            table,
+            id,
+            column,
+            value,
+            format!(
+                "'{}' is {chars} characters long; the message made from it would be {length}, \
+                 more than any channel carries ({MAX_BODY_CHARS})",
+                crate::store::shown(value)
+            ),
+        )
+        .to_string(),
+        None => format!(
+            "the message is {length} characters long, more than any channel carries \
+             ({MAX_BODY_CHARS}); check the template and the data it is made from"
+        ),
+    }
 }
 
 fn cancelled(reason: impl Into<String>) -> Resolution {
@@ -384,7 +440,17 @@ fn address(c: &ContactRow, channel: ChannelKind) -> Result<String, Unusable> {
             phone::normalize(&raw).map_err(|e| Unusable::Invalid(e.to_string()))
         }
         ChannelKind::Telegram => {
-            present(&c.telegram_chat_id)?.ok_or(Unusable::Missing("Telegram chat id"))
+            let chat =
+                present(&c.telegram_chat_id)?.ok_or(Unusable::Missing("Telegram chat id"))?;
+            if is_chat_id(&chat) {
+                Ok(chat)
+            } else {
+                Err(Unusable::Invalid(format!(
+                    "invalid Telegram chat id '{}': a chat id is a number (e.g. 123456789 or \
+                     -1001234567890) or a @channelname",
+                    crate::store::shown(&chat)
+                )))
+            }
         }
         ChannelKind::Email => {
             let email = present(&c.email)?.ok_or(Unusable::Missing("email address"))?;
@@ -400,10 +466,21 @@ fn address(c: &ContactRow, channel: ChannelKind) -> Result<String, Unusable> {
     }
 }
 
+/// What the Bot API takes as `chat_id`: a whole number (negative for groups and channels), or a
+/// public channel's `@username`.
+fn is_chat_id(chat: &str) -> bool {
+    let digits = chat.strip_prefix('-').unwrap_or(chat);
+    let number =
+        !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit());
+    let username = chat.strip_prefix('@').is_some_and(|u| {
+        !u.is_empty() && u.len() <= 32 && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
+    number || username
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::InvoiceRow;
 
     fn d(s: &str) -> NaiveDate {
         s.parse().unwrap()
@@ -550,6 +627,41 @@ mod tests {
             if reason.contains("due_date")),
             "an unreadable due date is not 'no longer exists'"
         );
+    }
+
+    #[test]
+    fn a_message_too_long_names_the_value_that_made_it_so() {
+        let mut c = dunning_message("2025-11-20");
+        if let Some(ct) = c.contact.as_mut() {
+            ct.name = Ok(Some("x".repeat(MAX_BODY_CHARS)));
+        }
+        let Resolution::Failed { reason, .. } = done(run(&c, "2025-11-17")) else { panic!() };
+        assert!(reason.starts_with("contacts 1 name: 'xxx"), "{reason}");
+        assert!(reason.contains("is 65536 characters long"), "{reason}");
+        assert!(reason.len() < 300, "the value is shown short: {reason}");
+        let mut c = dunning_message("2025-11-20");
+        if let Some(i) = c.invoice.as_mut() {
+            i.number = Ok(Some("9".repeat(MAX_BODY_CHARS)));
+        }
+        let Resolution::Failed { reason, .. } = done(run(&c, "2025-11-17")) else { panic!() };
+        assert!(reason.starts_with("invoices 3 number: '999"), "{reason}");
+    }
+
+    #[test]
+    fn telegram_chat_ids_are_numbers_or_channel_names() {
+        for chat in ["123456789", "-1001234567890", "@kanal_budi"] {
+            assert!(is_chat_id(chat), "{chat}");
+        }
+        for chat in ["1.5", "-", "@", "42\u{1b}[2J", "https://t.me/budi", "@kanal budi", "١٢٣"] {
+            assert!(!is_chat_id(chat), "{chat}");
+        }
+        let mut c = dunning_message("2025-11-20");
+        if let (Ok(row), Some(ct)) = (c.row.as_mut(), c.contact.as_mut()) {
+            row.channel = ChannelKind::Telegram;
+            ct.telegram_chat_id = Ok(Some("42\u{1b}[2J".into()));
+        }
+        assert!(matches!(done(run(&c, "2025-11-17")), Resolution::Failed { reason, .. }
+            if reason.starts_with("invalid Telegram chat id '42\\u{1b}[2J'")));
     }
 
     #[test]

@@ -14,13 +14,13 @@ pub enum PhoneError {
     /// Only separators (spaces, dashes, dots, parentheses, '+') were given.
     #[error("invalid phone number '{input}': it contains no digits")]
     NoDigits {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
     },
     /// A character that is neither a digit nor an accepted separator.
     #[error("invalid phone number '{input}': unexpected character '{ch}'")]
     InvalidCharacter {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
         /// The first offending character.
         ch: char,
@@ -28,19 +28,19 @@ pub enum PhoneError {
     /// A '+' somewhere other than at the very start.
     #[error("invalid phone number '{input}': '+' is only allowed at the start")]
     MisplacedPlus {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
     },
     /// Fewer digits than the shortest Indonesian mobile number.
     #[error("invalid phone number '{input}': too short for an Indonesian mobile number")]
     TooShort {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
     },
     /// More digits than the longest Indonesian mobile number.
     #[error("invalid phone number '{input}': too long for an Indonesian mobile number")]
     TooLong {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
     },
     /// An Indonesian number that is not a mobile number (a landline, or an unused prefix).
@@ -49,13 +49,13 @@ pub enum PhoneError {
          with 081-083 or 085-089); WhatsApp needs a mobile number"
     )]
     NotMobile {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
     },
     /// An international number whose country code starts with 0.
     #[error("invalid phone number '{input}': a country code cannot start with 0")]
     BadCountryCode {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
     },
     /// An international number outside the E.164 length limits.
@@ -64,7 +64,7 @@ pub enum PhoneError {
          got {digits}"
     )]
     BadLength {
-        /// The trimmed input.
+        /// The trimmed input (its first 40 characters).
         input: String,
         /// How many digits the number has after its prefix was normalised.
         digits: usize,
@@ -88,11 +88,11 @@ pub fn normalize(raw: &str) -> Result<String, PhoneError> {
     if input.is_empty() {
         return Err(PhoneError::Empty);
     }
-    let owned = || input.to_owned();
+    let owned = || quoted(input);
 
     let mut plus = false;
     let mut digits = String::with_capacity(input.len());
-    for ch in input.chars() {
+    for ch in whole_number(input).chars() {
         match ch {
             '0'..='9' => digits.push(ch),
             '+' if digits.is_empty() && !plus => plus = true,
@@ -134,11 +134,40 @@ pub fn normalize(raw: &str) -> Result<String, PhoneError> {
     Ok(format!("{INDONESIA}{national}"))
 }
 
+/// A whole number written as a decimal (`81234567890.0`) without its fraction: a phone that an
+/// app or a spreadsheet stored as a number, which SQLite keeps in a text column as that text.
+/// Read with '.' as a separator, it would gain a digit and reach someone else.
+fn whole_number(input: &str) -> &str {
+    match input.split_once('.') {
+        Some((whole, fraction))
+            if whole.strip_prefix('+').unwrap_or(whole).bytes().all(|b| b.is_ascii_digit())
+                && !whole.is_empty()
+                && !fraction.is_empty()
+                && fraction.bytes().all(|b| b == b'0') =>
+        {
+            whole
+        }
+        _ => input,
+    }
+}
+
+/// Longest part of the input an error quotes: the reason goes to logs, the outbox and `status`,
+/// and a megabyte of digits in a phone column must not go with it.
+const QUOTED_CHARS: usize = 40;
+
+fn quoted(input: &str) -> String {
+    let mut out: String = input.chars().take(QUOTED_CHARS).collect();
+    if input.chars().count() > QUOTED_CHARS {
+        out.push('…');
+    }
+    out
+}
+
 fn foreign(digits: &str, input: &str) -> Result<String, PhoneError> {
     if INTERNATIONAL_DIGITS.contains(&digits.len()) {
         Ok(digits.to_owned())
     } else {
-        Err(PhoneError::BadLength { input: input.to_owned(), digits: digits.len() })
+        Err(PhoneError::BadLength { input: quoted(input), digits: digits.len() })
     }
 }
 
@@ -147,15 +176,15 @@ fn validate_mobile(national: &str, input: &str) -> Result<(), PhoneError> {
     // Check the prefix before the length: "021…" is better explained as a landline than as
     // a number of the wrong length.
     match bytes {
-        [] => return Err(PhoneError::TooShort { input: input.into() }),
+        [] => return Err(PhoneError::TooShort { input: quoted(input) }),
         [b'8'] | [b'8', b'1'..=b'3' | b'5'..=b'9', ..] => {}
-        _ => return Err(PhoneError::NotMobile { input: input.into() }),
+        _ => return Err(PhoneError::NotMobile { input: quoted(input) }),
     }
     if national.len() < *MOBILE_DIGITS.start() {
-        return Err(PhoneError::TooShort { input: input.into() });
+        return Err(PhoneError::TooShort { input: quoted(input) });
     }
     if national.len() > *MOBILE_DIGITS.end() {
-        return Err(PhoneError::TooLong { input: input.into() });
+        return Err(PhoneError::TooLong { input: quoted(input) });
     }
     Ok(())
 }
@@ -224,6 +253,25 @@ mod tests {
         assert!(matches!(normalize("0812"), Err(PhoneError::TooShort { .. })));
         assert!(matches!(normalize("62"), Err(PhoneError::TooShort { .. })));
         assert!(matches!(normalize("0"), Err(PhoneError::TooShort { .. })));
+    }
+
+    #[test]
+    fn a_number_stored_as_a_decimal_keeps_its_digits() {
+        assert_eq!(normalize("81234567890.0").as_deref(), Ok("6281234567890"));
+        assert_eq!(normalize("6281234567890.00").as_deref(), Ok("6281234567890"));
+        assert_eq!(normalize("+6281234567890.0").as_deref(), Ok("6281234567890"));
+        // Dots between groups are still separators.
+        assert_eq!(normalize("0812.3456.7890").as_deref(), Ok("6281234567890"));
+    }
+
+    #[test]
+    fn a_huge_input_is_quoted_short() {
+        let huge = "8".repeat(1 << 20);
+        let e = normalize(&huge).unwrap_err().to_string();
+        assert!(e.len() < 120, "{} bytes", e.len());
+        assert!(e.contains(&format!("'{}…'", "8".repeat(QUOTED_CHARS))), "{e}");
+        let e = normalize(&format!("0812{}x", "1".repeat(100))).unwrap_err().to_string();
+        assert!(e.len() < 120 && e.ends_with("unexpected character 'x'"), "{e}");
     }
 
     #[test]

@@ -135,7 +135,8 @@ fn is_local(host: &str) -> bool {
 
 /// What a rule's source says about where its reminder goes: the contact's preference and
 /// WhatsApp connection (the rules carry no text of their own: it is rendered at send time).
-const CONTACT_CHANNELS: &str = "c.channels AS channels, 'contacts.channels'::text AS spec_name, \
+const CONTACT_CHANNELS: &str = "c.channels AS channels, \
+    'contacts ' || c.id || ' channels' AS spec_name, \
     c.whatsapp_connection AS connection, NULL::text AS body, NULL::text AS media_url";
 
 /// Wraps a rule's candidate rows (`source`, parameters from `$2`) into one statement (SPEC §10
@@ -155,8 +156,9 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
                   replace(replace(replace(t.g, '+whatsapp', ''), '+telegram', ''), '+email', '') \
                       <> '+' AS bad \
               FROM (SELECT s.*, '+' || lower(translate(s.first, E' \\t\\r\\n', '')) || '+' AS g, \
-                        left(btrim(s.first), 40) AS shown \
-                    FROM (SELECT x.*, split_part(COALESCE(x.channels, ''), ',', 1) AS first \
+                        left(btrim(s.first, E' \\t\\r\\n'), 40) AS shown \
+                    FROM (SELECT x.*, CASE WHEN btrim(COALESCE(x.channels, ''), E' \\t\\r\\n') = '' \
+                              THEN 'whatsapp' ELSE split_part(x.channels, ',', 1) END AS first \
                           FROM src x) s) t) u";
     let leads = format!(
         "SELECT '{kind}'::text AS kind, u.subject_id, u.stage, u.event_date, u.dedup_key, \
@@ -170,7 +172,9 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
                      WHEN u.opted_out THEN 'skipped' ELSE 'pending' END AS status, \
                 CASE WHEN u.contact_found IS NULL THEN \
                        'contact ' || COALESCE(CAST(u.contact_id AS TEXT), '(none)') || ' not found' \
-                     WHEN u.lead IS NULL THEN 'no usable channel in ' || u.spec_name || ' ''' \
+                     WHEN u.lead IS NULL AND u.shown = '' THEN \
+                       u.spec_name || ': an empty channel name' \
+                     WHEN u.lead IS NULL THEN u.spec_name || ': unknown channel ''' \
                        || u.shown || ''' (known: whatsapp, telegram, email; \",\" separates \
                        fallbacks, \"+\" sends on each)' \
                      WHEN u.opted_out THEN 'contact opted out' END AS last_error \
@@ -191,7 +195,7 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
              UNION ALL \
              SELECT '{kind}'::text, u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
                     u.shown, NULL, u.body, u.media_url, 1, 'failed', \
-                    'unknown or empty channel name in ' || u.spec_name || ' ''' || u.shown \
+                    u.spec_name || ': unknown or empty channel name in ''' || u.shown \
                         || ''' (known: whatsapp, telegram, email); sent on ' || u.lead || ' only' \
              FROM f u \
              WHERE u.contact_found IS NOT NULL AND u.lead IS NOT NULL AND u.bad AND {lead_is_new}"
@@ -545,8 +549,8 @@ impl Store for PgStore {
         let source = "SELECT s.id AS subject_id, d.stage, NULL::date AS event_date, \
                  d.key AS dedup_key, s.contact_id, c.id AS contact_found, \
                  (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 COALESCE(NULLIF(btrim(s.channel), ''), 'whatsapp') AS channels, \
-                 'scheduled_messages.channel'::text AS spec_name, s.connection, \
+                 COALESCE(NULLIF(btrim(s.channel, E' \\t\\r\\n'), ''), 'whatsapp') AS channels, \
+                 'scheduled_messages ' || s.id || ' channel' AS spec_name, s.connection, \
                  COALESCE(NULLIF(s.body, ''), s.caption, '') AS body, s.media_url \
              FROM UNNEST($2::bigint[], $3::text[], $4::text[]) AS d(id, key, stage) \
              JOIN scheduled_messages s ON s.id = d.id \

@@ -33,7 +33,7 @@ use super::{
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::dates;
-use crate::domain::outbox::Outcome;
+use crate::domain::outbox::{Kind, Outcome};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -73,13 +73,27 @@ fn real_ns() -> i64 {
     crate::clock::real_now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
-/// Whether a date column's value must be read in Rust: not text, not a date SQLite reads, or a
-/// timestamp with an offset. The migration's partial indexes repeat this expression exactly.
+/// Whether a date column's value must be read in Rust. SQL reads a value only when `date()`
+/// agrees with Rust on it: text that starts with a real calendar date (`date(…, '+0 days')`
+/// normalizes `2025-02-30` to March, and reads a Julian day number) followed by nothing but a
+/// naive time. Anything else, an offset in any spelling (`+07:00`, ` +0700`, `Z`, ` Z`) above
+/// all, which `date()` reads as its UTC date, is read in Rust as a local date, or reported.
+/// The latest migration's partial indexes repeat this expression exactly.
 fn odd_date(col: &str) -> String {
     format!(
-        "({col} IS NOT NULL AND (typeof({col}) <> 'text' OR date({col}) IS NULL \
-         OR {col} GLOB '*[0-9][Zz]' OR {col} GLOB '*[0-9][+-][0-9][0-9]:[0-9][0-9]' \
-         OR {col} GLOB '*[0-9][+-][0-9][0-9][0-9][0-9]'))"
+        "({col} IS NOT NULL AND (typeof({col}) <> 'text' \
+         OR date({col}, '+0 days') IS NOT substr({col}, 1, 10) \
+         OR substr({col}, 11) GLOB '*[^0-9:. Tt]*'))"
+    )
+}
+
+/// Whether a timestamp column's value must be checked in Rust: not text, not a time
+/// `unixepoch()` reads, or not starting with a date (`unixepoch()` also reads Julian day
+/// numbers such as `2460996.5`, which no rule means).
+fn odd_instant(col: &str) -> String {
+    format!(
+        "({col} IS NOT NULL AND (typeof({col}) <> 'text' OR unixepoch({col}) IS NULL \
+         OR {col} NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'))"
     )
 }
 
@@ -144,7 +158,13 @@ impl Raw {
             Raw::Text(t) => Ok(Some(t.clone())),
             Raw::Integer(n) => Ok(Some(n.to_string())),
             Raw::Real(x) if x.fract() == 0.0 && x.abs() < 1e15 => Ok(Some(format!("{x:.0}"))),
-            other => Err(BadValue::new(at.0, at.1, at.2, &other.shown(), "is not text")),
+            other => Err(BadValue::new(
+                at.0,
+                at.1,
+                at.2,
+                &other.shown(),
+                format!("{} is not text", other.shown()),
+            )),
         }
     }
 
@@ -180,7 +200,7 @@ impl Raw {
                 at.1,
                 at.2,
                 &other.shown(),
-                "is not a date (YYYY-MM-DD, or an ISO-8601 timestamp)",
+                format!("{} is not a date (YYYY-MM-DD, or an ISO-8601 timestamp)", other.shown()),
             )),
         }
     }
@@ -428,18 +448,30 @@ fn own_columns(row: &SqliteRow) -> Claimed {
     let decoded = (|| -> std::result::Result<ClaimedRow, String> {
         let text =
             |col: &str| row.try_get::<Option<String>, _>(col).map_err(|e| format!("{col}: {e}"));
+        let kind: Kind = row.try_get::<String, _>("kind").map_err(|e| e.to_string())?.parse()?;
+        let subject_id: Option<i64> =
+            row.try_get("subject_id").map_err(|e| format!("subject_id: {e}"))?;
+        // A scheduled message's text and media were copied from its row when it was queued:
+        // a value there that is not text is named where the app wrote it.
+        let copied = |col: &'static str| {
+            let at = match (kind, subject_id) {
+                (Kind::Scheduled, Some(subject)) => ("scheduled_messages", subject, col),
+                _ => ("messages", id, col),
+            };
+            Raw::read(row, col).text(at).map_err(|bad| bad.to_string())
+        };
         Ok(ClaimedRow {
             id,
-            kind: row.try_get::<String, _>("kind").map_err(|e| e.to_string())?.parse()?,
-            subject_id: row.try_get("subject_id").map_err(|e| format!("subject_id: {e}"))?,
+            kind,
+            subject_id,
             stage: text("stage")?,
             event_date: row
                 .try_get::<Option<NaiveDate>, _>("event_date")
                 .map_err(|e| format!("event_date: {e}"))?,
             channel: row.try_get::<String, _>("channel").map_err(|e| e.to_string())?.parse()?,
             subject: text("subject")?,
-            body: text("body")?,
-            media_url: text("media_url")?,
+            body: copied("body")?,
+            media_url: copied("media_url")?,
             recipient: text("recipient")?,
             attempts: row.try_get("attempts").map_err(|e| format!("attempts: {e}"))?,
             expired_leases: row
@@ -469,7 +501,7 @@ fn safe_text(expr: &str, max: u32) -> String {
               WHEN typeof({expr}) IN ('integer', 'real') THEN CAST({expr} AS TEXT) \
               WHEN typeof({expr}) = 'text' AND NOT CAST({expr} AS TEXT) GLOB '*[^ -~]*' \
                 THEN substr({expr}, 1, {max}) \
-              ELSE 'x''' || hex(substr(CAST({expr} AS BLOB), 1, 16)) || '''' END)"
+              ELSE 'x''' || lower(hex(substr(CAST({expr} AS BLOB), 1, 16))) || '''' END)"
     )
 }
 
@@ -479,7 +511,7 @@ fn safe_text(expr: &str, max: u32) -> String {
 /// letter case ignored), `lead` its first known channel, `bad` whether it also names something
 /// that is not a channel (or is empty), `shown` the group as a reason quotes it.
 fn fanned(source: &str) -> String {
-    let shown = safe_text("t.first", 40);
+    let shown = safe_text("trim(t.first, ' ' || char(9, 10, 13))", 40);
     format!(
         "SELECT u.*, CASE WHEN u.pw > 0 AND (u.pt = 0 OR u.pw < u.pt) AND (u.pe = 0 OR u.pw < u.pe) \
                    THEN 'whatsapp' \
@@ -493,8 +525,9 @@ fn fanned(source: &str) -> String {
                          char(9), ''), char(10), ''), char(13), '')) || '+' AS g \
                      FROM (SELECT x.*, CASE WHEN instr(x.spec, ',') > 0 \
                                THEN substr(x.spec, 1, instr(x.spec, ',') - 1) ELSE x.spec END AS first \
-                           FROM (SELECT y.*, CASE WHEN typeof(y.channels) = 'blob' THEN 'x' \
-                                     ELSE CAST(COALESCE(y.channels, '') AS TEXT) END AS spec \
+                           FROM (SELECT y.*, CASE WHEN trim(CAST(COALESCE(y.channels, '') AS TEXT), \
+                                         ' ' || char(9, 10, 13)) = '' THEN 'whatsapp' \
+                                     ELSE CAST(y.channels AS TEXT) END AS spec \
                                  FROM ({source}) y) x) s) t) u"
     )
 }
@@ -512,7 +545,8 @@ fn reason() -> String {
     format!(
         "CASE WHEN u.contact_found IS NULL THEN \
            'contact ' || COALESCE({contact}, '(none)') || ' not found' \
-         WHEN u.lead IS NULL THEN 'no usable channel in ' || u.spec_name || ' ''' || u.shown \
+         WHEN u.lead IS NULL AND u.shown = '' THEN u.spec_name || ': an empty channel name' \
+         WHEN u.lead IS NULL THEN u.spec_name || ': unknown channel ''' || u.shown \
            || ''' (known: whatsapp, telegram, email; \",\" separates fallbacks, \"+\" sends on each)' \
          WHEN u.opted_out THEN 'contact opted out' END"
     )
@@ -554,7 +588,7 @@ fn extras_sql(kind: &str, source: &str, lead_is_new: &str) -> String {
          UNION ALL \
          SELECT '{kind}', u.subject_id, u.stage, u.event_date, u.dedup_key, u.contact_id, \
                 u.shown, NULL, u.body, u.media_url, 1, 'failed', \
-                'unknown or empty channel name in ' || u.spec_name || ' ''' || u.shown \
+                u.spec_name || ': unknown or empty channel name in ''' || u.shown \
                     || ''' (known: whatsapp, telegram, email); sent on ' || u.lead || ' only' \
          FROM ({fanned}) u \
          WHERE u.contact_found IS NOT NULL AND u.lead IS NOT NULL AND u.bad AND {lead_is_new}"
@@ -572,7 +606,8 @@ const STATUS_CASE: &str = "CASE WHEN {s}.status = 'cancelled' THEN 'cancelled' \
 
 /// What a rule's source says about where its reminder goes: the contact's preference and
 /// WhatsApp connection (the rules carry no text of their own: it is rendered at send time).
-const CONTACT_CHANNELS: &str = "c.channels AS channels, 'contacts.channels' AS spec_name, \
+const CONTACT_CHANNELS: &str = "c.channels AS channels, \
+    'contacts ' || c.id || ' channels' AS spec_name, \
     c.whatsapp_connection AS connection, NULL AS body, NULL AS media_url";
 
 /// A bound parameter of a rule's source statement.
@@ -768,12 +803,14 @@ impl Store for SqliteStore {
                 Err(bad) => scan.bad.push(bad),
             }
         }
-        let scheduled = sqlx::query(
+        // Generation needs both times of a scheduled message (the series starts at
+        // `scheduled_at`), so each one that Rust cannot read is reported, whichever is first.
+        let scheduled = sqlx::query(&format!(
             "SELECT id, scheduled_at, next_run_at FROM scheduled_messages \
-             WHERE status IN ('pending', 'active') \
-               AND unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL \
-             ORDER BY id",
-        )
+             WHERE status IN ('pending', 'active') AND ({} OR {}) ORDER BY id",
+            odd_instant("next_run_at"),
+            odd_instant("scheduled_at")
+        ))
         .fetch_all(&self.pool)
         .await?;
         for row in &scheduled {
@@ -783,24 +820,20 @@ impl Store for SqliteStore {
                 if raw == Raw::Null {
                     continue;
                 }
-                let text = raw.text(("scheduled_messages", id, column));
-                let readable = matches!(&text, Ok(Some(t)) if dates::instant(t, self.tz).is_ok());
-                if !readable {
-                    let problem = match &text {
-                        Ok(Some(t)) => dates::instant(t, self.tz)
-                            .err()
-                            .map_or_else(String::new, |e| e.to_string()),
-                        _ => "is not a timestamp".to_string(),
-                    };
-                    scan.bad.push(BadValue::new(
-                        "scheduled_messages",
-                        id,
-                        column,
-                        &raw.shown(),
-                        problem,
-                    ));
-                }
-                break;
+                let problem = match raw.text(("scheduled_messages", id, column)) {
+                    Ok(Some(t)) => match dates::instant(&t, self.tz) {
+                        Ok(_) => continue,
+                        Err(e) => e.to_string(),
+                    },
+                    _ => format!("{} is not a timestamp", raw.shown()),
+                };
+                scan.bad.push(BadValue::new(
+                    "scheduled_messages",
+                    id,
+                    column,
+                    &raw.shown(),
+                    problem,
+                ));
             }
         }
         Ok(scan)
@@ -901,13 +934,16 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> Result<Vec<DueScheduled>> {
         // SQL narrows by the stored text read as UTC, widened by the largest zone offset; Rust
-        // then reads each value in the zone (a naive value is local time) and decides.
+        // then reads each value in the zone (a naive value is local time) and decides. Values
+        // SQL cannot read at all (`… +0700`) are Rust's to decide too; the ones Rust cannot
+        // read either are skipped here and reported by `scan_inputs`.
         let rows = sqlx::query(
             "SELECT id, scheduled_at, COALESCE(next_run_at, scheduled_at) AS run_at, recurrence \
              FROM scheduled_messages \
              WHERE status IN ('pending', 'active', 'processing') AND NOT (status = 'processing' \
                    AND next_run_at IS NULL) \
-               AND unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 AND id > ?2 \
+               AND (unixepoch(COALESCE(next_run_at, scheduled_at)) <= ?1 \
+                    OR unixepoch(COALESCE(next_run_at, scheduled_at)) IS NULL) AND id > ?2 \
              ORDER BY id LIMIT ?3",
         )
         .bind(now.timestamp() + LOCAL_SLACK_SECONDS)
@@ -998,8 +1034,10 @@ impl Store for SqliteStore {
             won.iter().map(|a| json!({"id": a.id, "key": a.dedup_key, "stage": a.stage})).collect();
         let source = "SELECT s.id AS subject_id, d.stage, NULL AS event_date, d.key AS dedup_key, \
                  s.contact_id, c.id AS contact_found, (c.opted_out_at IS NOT NULL) AS opted_out, \
-                 COALESCE(NULLIF(trim(s.channel), ''), 'whatsapp') AS channels, \
-                 'scheduled_messages.channel' AS spec_name, s.connection, \
+                 CASE WHEN s.channel IS NULL OR (typeof(s.channel) = 'text' \
+                     AND trim(s.channel, ' ' || char(9, 10, 13)) = '') THEN 'whatsapp' \
+                     ELSE s.channel END AS channels, \
+                 'scheduled_messages ' || s.id || ' channel' AS spec_name, s.connection, \
                  COALESCE(NULLIF(s.body, ''), s.caption, '') AS body, s.media_url \
              FROM (SELECT value ->> 'id' AS id, value ->> 'key' AS key, value ->> 'stage' AS stage \
                    FROM json_each(?2)) d \
@@ -1859,10 +1897,112 @@ mod tests {
         assert_eq!(ts(DateTime::<Utc>::MIN_UTC), "0000-01-01T00:00:00.000Z");
     }
 
+    use chrono_tz::Asia::Jakarta;
+    use sqlx::Connection as _;
+
+    /// An expression of column `v`, evaluated by SQLite for one value written as SQL.
+    async fn eval<T>(conn: &mut SqliteConnection, expr: &str, value: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite> + Send + Unpin,
+    {
+        sqlx::query_scalar(&format!("SELECT {expr} FROM (SELECT {value} AS v)"))
+            .fetch_one(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{value}: {e}"))
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("test.db").display());
+        let store = SqliteStore::connect(&url, Jakarta).await.unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn sql_reads_an_input_date_only_where_rust_reads_it_the_same() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        for value in
+            ["'2025-11-18'", "'2025-11-18 09:00:00'", "'2025-11-18T23:59:59.999'", "'2025-11-18 '"]
+        {
+            assert!(!eval::<bool>(&mut conn, &odd_date("v"), value).await, "{value}");
+            let sql: String = eval(&mut conn, "date(v)", value).await;
+            let text: String = eval(&mut conn, "v", value).await;
+            assert_eq!(dates::local_date(&text, Jakarta).map(|d| d.to_string()), Ok(sql));
+        }
+        // Offsets in any spelling (date() gives their UTC date), impossible days (date() keeps
+        // or rolls them), Julian day numbers, and what is no date at all: Rust reads them.
+        for value in [
+            "'2025-11-18T01:00:00+07:00'",
+            "'2025-11-18T01:00:00+0700'",
+            "'2025-11-18 01:00:00 +07:00'",
+            "'2025-11-17 20:00:00 Z'",
+            "'2025-11-17T20:00:00z'",
+            "'2025-02-30'",
+            "'2025-11-31'",
+            "'2460997.5'",
+            "2460997.5",
+            "20251118",
+            "''",
+            "'tomorrow'",
+            "'2025-11-18x'",
+            "X'ff'",
+        ] {
+            assert!(eval::<bool>(&mut conn, &odd_date("v"), value).await, "{value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn scheduled_times_sql_cannot_read_are_read_in_rust_and_the_rest_reported() {
+        let (_dir, store) = store().await;
+        sqlx::raw_sql(
+            "INSERT INTO scheduled_messages (id, scheduled_at, next_run_at) VALUES \
+             (1, '2025-11-17 08:00:00 +0700', NULL), (2, '2460996.5', NULL), \
+             (3, 'tomorrow', '2025-11-17 08:00:00'), (4, '2025-11-17 08:00:00', NULL), \
+             (5, '2025-11-17 10:00:00 +0700', NULL)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let now = "2025-11-17T02:00:00Z".parse().unwrap();
+        let due = store.due_scheduled(now, 0, 100).await.unwrap();
+        assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), [1, 4]);
+        let scan = store.scan_inputs().await.unwrap();
+        let bad: Vec<_> = scan.bad.iter().map(|b| (b.id, b.column)).collect();
+        assert_eq!(bad, [(2, "scheduled_at"), (3, "scheduled_at")]);
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_text_that_is_not_text_fails_naming_the_scheduled_row() {
+        let (_dir, store) = store().await;
+        sqlx::raw_sql(
+            "INSERT INTO messages (kind, subject_id, dedup_key, channel, body, next_attempt_at) \
+             VALUES ('scheduled', 9, 'scheduled:9:x', 'whatsapp', X'ff', '2000-01-01T00:00:00.000Z')",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let route = Route::of(ChannelKind::WhatsApp);
+        let request = ClaimRequest {
+            route: &route,
+            limit: 10,
+            token: "t",
+            now: "2025-11-17T02:00:00Z".parse().unwrap(),
+            lease: Duration::from_secs(60),
+            only_scheduled: false,
+        };
+        let claimed = store.claim(&request).await.unwrap();
+        let Err((_, reason)) = &claimed[0].row else { panic!("read: {:?}", claimed[0].row) };
+        assert!(
+            reason.ends_with("scheduled_messages 9 body: x'ff' (1 bytes) is not text"),
+            "{reason}"
+        );
+    }
+
     #[test]
     fn the_odd_date_expression_is_the_one_the_indexes_use() {
         let migration =
-            include_str!("../../migrations/sqlite/20251201000000_split_leases_from_due_times.sql");
+            include_str!("../../migrations/sqlite/20251211174213_reindex_odd_input_dates.sql");
         for column in ["due_date", "next_visit_date", "last_visit_date"] {
             assert!(migration.contains(&odd_date(column).replace("    ", "")), "{column}");
         }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bad_inputs;
 mod cli;
 mod delivery;
 mod fallback;

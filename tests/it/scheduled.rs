@@ -407,7 +407,7 @@ async fn channel_names_body(db: &TestDb) {
         .text(&error(1))
         .await
         .unwrap_or_default()
-        .contains("no usable channel in contacts.channels ''"));
+        .contains("contacts 1 channels: an empty channel name"));
     assert!(db.text(&error(2)).await.unwrap_or_default().contains("'sms'"));
     assert!(db.text(&error(4)).await.unwrap_or_default().contains("unknown or empty channel name"));
 }
