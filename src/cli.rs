@@ -58,6 +58,15 @@ pub enum Command {
     /// Create, list, edit and cancel scheduled messages (seed 004's dialog, on the command line).
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// What the rules and schedules will send each day of the next days: to whom, on which
+    /// channel, which stage, and the text. Writes nothing.
+    Upcoming {
+        #[command(flatten)]
+        common: Common,
+        /// How many days to look ahead, today included.
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
+        days: u32,
+    },
     /// Counts of messages by kind, status and channel; channel health; the latest failures.
     Status {
         #[command(flatten)]

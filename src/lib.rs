@@ -22,3 +22,4 @@ pub mod secret;
 pub mod seed;
 pub mod store;
 pub mod templates;
+pub mod upcoming;

@@ -79,10 +79,17 @@ impl PassReport {
     /// Every message the pass touched: generated rows, cancellations, then deliveries.
     fn details(&self) -> Vec<Detail> {
         let mut out = Vec::new();
+        // A row generated and then delivered in the same pass is listed once, as delivered.
+        let delivered: std::collections::HashSet<i64> =
+            self.deliver.iter().flat_map(|d| d.details.iter().filter_map(|x| x.id)).collect();
         if let Some(g) = &self.generate {
             match &self.rendered {
                 Some(rendered) => out.extend(rendered.iter().cloned()),
-                None => out.extend(g.rows().map(gen_detail)),
+                None => out.extend(
+                    g.rows()
+                        .filter(|r| r.id.is_none_or(|id| !delivered.contains(&id)))
+                        .map(gen_detail),
+                ),
             }
             out.extend(g.cancelled.iter().map(gen_detail));
         }
@@ -244,29 +251,8 @@ impl PassReport {
         if !shown.is_empty() {
             let _ = writeln!(out, "\nMessages");
             for d in shown.iter().take(crate::deliver::HUMAN_DETAILS) {
-                let _ = write!(
-                    out,
-                    "  #{} {} {} {}",
-                    d.id.map_or_else(|| "-".to_string(), |i| i.to_string()),
-                    escape_control(&d.kind),
-                    escape_control(d.stage.as_deref().unwrap_or("")),
-                    escape_control(&d.channel)
-                );
-                if let Some(r) = &d.recipient {
-                    let _ = write!(out, " → {}", escape_control(r));
-                }
-                let _ = write!(out, ": {}", escape_control(&d.status));
-                if let Some(e) = &d.error {
-                    let _ = write!(out, " ({})", escape_control(e));
-                }
-                let about = d.about.summary();
-                if !about.is_empty() {
-                    let _ = write!(out, "\n      {}", escape_control(&about));
-                }
-                if let (true, Some(body)) = (self.dry_run, &d.about.body) {
-                    let _ = write!(out, "\n      \"{}\"", escape_control(&preview_text(body, 120)));
-                }
-                out.push('\n');
+                let id = format!("#{}", d.id.map_or_else(|| "-".to_string(), |i| i.to_string()));
+                write_detail(&mut out, d, &id, self.dry_run);
             }
             if shown.len() > crate::deliver::HUMAN_DETAILS {
                 let _ = writeln!(
@@ -671,6 +657,33 @@ impl About {
     }
 }
 
+/// One message of a human summary: what and where, its status, who it is about and (`body`)
+/// the start of its text. Every value is escaped: data never reaches the terminal raw.
+fn write_detail(out: &mut String, d: &Detail, tag: &str, body: bool) {
+    let _ = write!(
+        out,
+        "  {tag} {} {} {}",
+        escape_control(&d.kind),
+        escape_control(d.stage.as_deref().unwrap_or("")),
+        escape_control(&d.channel)
+    );
+    if let Some(r) = &d.recipient {
+        let _ = write!(out, " → {}", escape_control(r));
+    }
+    let _ = write!(out, ": {}", escape_control(&d.status));
+    if let Some(e) = &d.error {
+        let _ = write!(out, " ({})", escape_control(e));
+    }
+    let about = d.about.summary();
+    if !about.is_empty() {
+        let _ = write!(out, "\n      {}", escape_control(&about));
+    }
+    if let (true, Some(text)) = (body, &d.about.body) {
+        let _ = write!(out, "\n      \"{}\"", escape_control(&preview_text(text, 120)));
+    }
+    out.push('\n');
+}
+
 /// The first `max` characters of a text on one line, with `…` when cut.
 fn preview_text(text: &str, max: usize) -> String {
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -826,4 +839,52 @@ pub fn schedule_text(done: &Scheduled, tz: Tz) -> String {
         }
     }
     out
+}
+
+/// What `upcoming` shows: each day and what goes out on it.
+#[derive(Debug, Clone)]
+pub struct UpcomingReport {
+    pub now: DateTime<Utc>,
+    pub timezone: Tz,
+    pub days: Vec<crate::upcoming::Day>,
+}
+
+impl UpcomingReport {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "now": self.now.to_rfc3339(),
+            "timezone": self.timezone.name(),
+            "total": self.days.iter().map(|d| d.queued.len() + d.messages.len()).sum::<usize>(),
+            "days": self.days.iter().map(|d| json!({
+                "date": d.date,
+                "count": d.queued.len() + d.messages.len(),
+                "queued": d.queued,
+                "messages": d.messages,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let local = self.now.with_timezone(&self.timezone);
+        let _ = writeln!(
+            out,
+            "reminderctl upcoming from {} ({}), {} day(s); nothing is written",
+            local.format("%Y-%m-%d %H:%M %Z"),
+            self.timezone.name(),
+            self.days.len()
+        );
+        for day in &self.days {
+            let count = day.queued.len() + day.messages.len();
+            let _ = writeln!(out, "\n{} ({}): {count} message(s)", day.date, day.date.format("%a"));
+            for (tag, list) in [("queued", &day.queued), ("new", &day.messages)] {
+                for d in list {
+                    write_detail(&mut out, d, tag, true);
+                }
+            }
+        }
+        let total: usize = self.days.iter().map(|d| d.queued.len() + d.messages.len()).sum();
+        let _ = writeln!(out, "\nTotal: {total} message(s) in {} day(s)", self.days.len());
+        out
+    }
 }

@@ -20,6 +20,7 @@ mod seed;
 mod status;
 mod test_dunning;
 mod test_whatsapp;
+mod upcoming;
 
 /// Exit codes of SPEC §1.
 pub const EXIT_OK: u8 = 0;
@@ -34,6 +35,7 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
         Command::Seed { common, reset } => seed::run(&common, reset, env).await,
         Command::Status { common, failures } => status::run(&common, failures, env).await,
         Command::Schedule(command) => schedule::run(command, env).await,
+        Command::Upcoming { common, days } => upcoming::run(&common, days, env).await,
         Command::TestWhatsapp { common, phone, message, yes } => {
             test_whatsapp::run(&common, &phone, &message, yes, env).await
         }

@@ -424,12 +424,25 @@ impl Delivery<'_> {
             .iter()
             .zip(context)
             .map(|(row, claimed)| {
+                let provider = row.channel.parse::<ChannelKind>().ok().and_then(|channel| {
+                    let route = Route { channel, connection: row.connection.clone() };
+                    self.registry.route(&route).map(|p| p.provider().to_string())
+                });
+                let unrouted = || match &row.connection {
+                    None => Settings::unconfigured_reason(&row.channel).to_string(),
+                    Some(name) => format!("no WhatsApp connection '{name}' is configured"),
+                };
                 let queued_as = row.status.as_str();
                 let (status, error, recipient, body) = if queued_as == "pending" {
                     match prepare::prepare(&claimed, &rules, now) {
                         Prepared::Send(job) => (
-                            if sendable { "would send" } else { "would wait" }.to_string(),
-                            None,
+                            if sendable && provider.is_some() {
+                                "would send"
+                            } else {
+                                "would wait"
+                            }
+                            .to_string(),
+                            provider.is_none().then(unrouted),
                             Some(job.message.recipient.clone()),
                             Some(job.message.body.clone()),
                         ),
@@ -448,10 +461,7 @@ impl Delivery<'_> {
                     kind: row.kind.clone(),
                     stage: row.stage.clone(),
                     channel: row.channel.clone(),
-                    provider: row.channel.parse::<ChannelKind>().ok().and_then(|channel| {
-                        let route = Route { channel, connection: row.connection.clone() };
-                        self.registry.route(&route).map(|p| p.provider().to_string())
-                    }),
+                    provider,
                     recipient,
                     status,
                     error,

@@ -8,6 +8,7 @@ mod cli;
 mod delivery;
 mod fallback;
 mod faults;
+mod forecast;
 mod guarantees;
 mod manual;
 mod operator;

@@ -155,6 +155,14 @@ async fn maintenance_body(db: &TestDb) {
     // 2026-02-27: Mar 1 is 2 days away, Mar 2 is 3 (too far); Oct 31 + 4 months is Feb 28.
     let doc = db.pass(&["run", "--now", "2026-02-27T07:00:00+07:00"], &env).await;
     assert_eq!(count(&doc, "sent"), 2, "{doc}");
+    // Seed 002's run-now summary, from the same document: each vehicle, customer and text.
+    let line = details(&doc).into_iter().find(|d| d["plate_no"] == "L 9 END").unwrap_or_default();
+    assert_eq!(line["contact_name"], "Budi Santoso", "{line}");
+    assert_eq!(line["recipient"], "628551234567");
+    assert_eq!((line["date"].as_str(), line["days_left"].as_i64()), (Some("2026-02-28"), Some(1)));
+    assert_eq!(line["status"], "sent");
+    assert!(line["provider_message_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
+    assert!(line["body"].as_str().unwrap_or_default().contains("L 9 END"), "{line}");
     let body = db.text("SELECT body FROM messages WHERE subject_id = 3").await.unwrap_or_default();
     assert_eq!(
         body,
