@@ -1,7 +1,9 @@
 //! The command line. The doc comment on each flag is its `--help` text.
 
+use std::path::PathBuf;
+
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Cron-driven payment, maintenance and scheduled reminders over WhatsApp, Telegram and email.
 ///
@@ -75,6 +77,36 @@ pub enum Command {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(0..=1000))]
         failures: u16,
     },
+    /// Import contacts, invoices, vehicles or scheduled messages from another system's CSV
+    /// export. Every row is checked first: if one is bad, nothing is written. Rows are then
+    /// upserted by their `ref`, so importing the same file again changes nothing.
+    Import(ImportArgs),
+}
+
+/// `import`'s arguments.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// What the file holds (invoices, vehicles and scheduled messages name their contact by
+    /// `contact_ref`: import contacts first).
+    #[arg(value_enum)]
+    pub table: ImportTarget,
+    /// The CSV file: UTF-8, comma-separated, with a header line naming the columns.
+    #[arg(value_name = "FILE.csv")]
+    pub file: PathBuf,
+    /// Import the good rows and list the bad ones, instead of writing nothing.
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// The tables `import` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportTarget {
+    Contacts,
+    Invoices,
+    Vehicles,
+    Scheduled,
 }
 
 /// `schedule add|list|edit|cancel`.

@@ -348,7 +348,7 @@ fn unknown_setting(name: &str, in_dotenv: bool, origin: &str) -> Option<String> 
 
 /// Edits (insert, delete, replace, swap two neighbours) that turn `a` into `b`: a transposed
 /// pair like `RAET` for `RATE` counts as one typo.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
     let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];

@@ -4,7 +4,8 @@
 //! [`report`]. [`domain`] holds the pure rules (stage dates, recurrence, phone numbers,
 //! formatting), [`channels`] the provider adapters, [`secret`] credentials and their redaction,
 //! [`clock`] the two clocks (business and real), [`dotenv`] reads `.env` files, [`logging`]
-//! writes logs and the one error line to stderr.
+//! writes logs and the one error line to stderr. [`import`] brings rows in from another
+//! system's CSV export; [`progress`] draws progress bars on a terminal.
 
 pub mod channels;
 pub mod cli;
@@ -15,7 +16,9 @@ pub mod deliver;
 pub mod domain;
 pub mod dotenv;
 pub mod generate;
+pub mod import;
 pub mod logging;
+pub mod progress;
 pub mod report;
 pub mod schedule;
 pub mod secret;

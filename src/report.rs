@@ -454,6 +454,69 @@ pub fn seed_text(counts: &SeedCounts, reset: bool) -> String {
     out
 }
 
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// What `import` did, for people: the counts, then each bad row's line, column and reason.
+pub fn import_text(r: &crate::import::ImportReport) -> String {
+    let mut out = String::new();
+    let file = escape_control(&r.file);
+    let good = r.rows - r.bad_rows;
+    if r.written {
+        let c = &r.counts;
+        let _ = write!(
+            out,
+            "imported {} from {file}: {} inserted, {} updated, {} unchanged ({})",
+            r.table.name(),
+            c.inserted,
+            c.updated,
+            c.unchanged,
+            plural(r.rows, "row", "rows")
+        );
+        if r.bad_rows > 0 {
+            let _ = write!(out, "; skipped {}:", plural(r.bad_rows, "bad row", "bad rows"));
+        }
+        out.push('\n');
+    } else {
+        let _ = writeln!(
+            out,
+            "{file}: {} of {} bad; nothing was written (fix {}, or pass --skip-bad to import \
+             the other {good}):",
+            r.bad_rows,
+            plural(r.rows, "row is", "rows are"),
+            if r.bad_rows == 1 { "it" } else { "them" },
+        );
+    }
+    for p in &r.problems {
+        let _ = writeln!(out, "  {}", escape_control(&p.to_string()));
+    }
+    let hidden = r.problems_total.saturating_sub(r.problems.len() as u64);
+    if hidden > 0 {
+        let _ =
+            writeln!(out, "  … and {} not shown", plural(hidden, "more problem", "more problems"));
+    }
+    out
+}
+
+/// What `import` did, as one JSON document.
+pub fn import_json(r: &crate::import::ImportReport) -> Value {
+    json!({
+        "command": "import",
+        "table": r.table.name(),
+        "file": r.file,
+        "rows": r.rows,
+        "inserted": r.counts.inserted,
+        "updated": r.counts.updated,
+        "unchanged": r.counts.unchanged,
+        "bad_rows": r.bad_rows,
+        "skip_bad": r.skip_bad,
+        "written": r.written,
+        "problems": r.problems,
+        "problems_not_shown": r.problems_total.saturating_sub(r.problems.len() as u64),
+    })
+}
+
 /// Writes a rendered result to stdout.
 ///
 /// A stdout that is closed or full is not a failure of the command: by the time its report is

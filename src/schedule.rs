@@ -4,7 +4,6 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::domain::channel::ChannelKind;
 use crate::domain::dates;
 use crate::domain::recurrence::{next_occurrence, Recurrence};
 use crate::store::{NewScheduled, ScheduledEdit, ScheduledListing, Store, StoreError};
@@ -102,24 +101,7 @@ fn recurrence(raw: Option<&str>) -> Result<Recurrence, ScheduleError> {
 /// A channel spec a person typed: every name a channel, `+` joining, `,` falling back.
 fn channel_spec(raw: Option<&str>) -> Result<String, ScheduleError> {
     let Some(raw) = raw else { return Ok("whatsapp".to_string()) };
-    let mut groups = Vec::new();
-    for group in raw.split(',') {
-        let mut names = Vec::new();
-        for name in group.split('+') {
-            let kind = name.parse::<ChannelKind>().map_err(|e| {
-                invalid(
-                    "--channel",
-                    format!(
-                        "{e}; write whatsapp, telegram or email, + to send on several, and , \
-                         for fallbacks (whatsapp+email,telegram)"
-                    ),
-                )
-            })?;
-            names.push(kind.as_str());
-        }
-        groups.push(names.join("+"));
-    }
-    Ok(groups.join(","))
+    crate::domain::channel::parse_preference(raw).map_err(|e| invalid("--channel", e))
 }
 
 /// A WhatsApp connection name: `None` for the default one; it must be configured.

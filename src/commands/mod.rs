@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::store::Store;
 use crate::templates::Templates;
 
+mod import;
 mod pass;
 mod schedule;
 mod seed;
@@ -42,6 +43,7 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
         Command::TestDunning { common, email, phone, yes } => {
             test_dunning::run(&common, &email, &phone, yes, env).await
         }
+        Command::Import(args) => import::run(&args, env).await,
     }
 }
 

@@ -94,6 +94,27 @@ impl fmt::Display for Route {
     }
 }
 
+/// A channel preference as a person writes it (`schedule --channel`, an imported
+/// `contacts.channels`): every name checked, normalized to `whatsapp+email,telegram`. An error
+/// names the bad part and says how a preference is written.
+pub fn parse_preference(raw: &str) -> Result<String, String> {
+    let mut groups = Vec::new();
+    for group in raw.split(',') {
+        let mut names = Vec::new();
+        for name in group.split('+') {
+            let kind = name.parse::<ChannelKind>().map_err(|e| {
+                format!(
+                    "{e}; write whatsapp, telegram or email, + to send on several, and , for \
+                     fallbacks (whatsapp+email,telegram)"
+                )
+            })?;
+            names.push(kind.as_str());
+        }
+        groups.push(names.join("+"));
+    }
+    Ok(groups.join(","))
+}
+
 /// A channel preference (SPEC §10): `,` separates fallbacks, tried in order, and `+` joins
 /// channels that all get the reminder. `whatsapp+email,telegram` sends on WhatsApp and email,
 /// and falls back to Telegram for whichever of the two failed. Names that are not channels are
@@ -132,6 +153,18 @@ mod tests {
             assert_eq!(c.as_str().parse(), Ok(c));
             assert_eq!(ChannelKind::ALL[c.index()], c);
         }
+    }
+
+    #[test]
+    fn a_preference_is_a_list_of_known_channels() {
+        assert_eq!(parse_preference("whatsapp").as_deref(), Ok("whatsapp"));
+        assert_eq!(
+            parse_preference(" WhatsApp , email+Telegram ").as_deref(),
+            Ok("whatsapp,email+telegram")
+        );
+        assert!(parse_preference("whatsapp,,email").unwrap_err().contains("empty channel name"));
+        assert!(parse_preference("whatsapp,sms").unwrap_err().contains("unknown channel 'sms'"));
+        assert!(parse_preference("whatsapp+").unwrap_err().contains("empty channel name"));
     }
 
     #[test]

@@ -517,6 +517,119 @@ pub struct SeedCounts {
     pub removed: u64,
 }
 
+/// An input table that `import` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportTable {
+    Contacts,
+    Invoices,
+    Vehicles,
+    Scheduled,
+}
+
+impl ImportTable {
+    /// The SQL table.
+    pub fn table(self) -> &'static str {
+        match self {
+            Self::Contacts => "contacts",
+            Self::Invoices => "invoices",
+            Self::Vehicles => "vehicles",
+            Self::Scheduled => "scheduled_messages",
+        }
+    }
+
+    /// The name the command line uses (`import scheduled …`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Contacts => "contacts",
+            Self::Invoices => "invoices",
+            Self::Vehicles => "vehicles",
+            Self::Scheduled => "scheduled",
+        }
+    }
+
+    /// One row of it, in a sentence.
+    pub fn row(self) -> &'static str {
+        match self {
+            Self::Contacts => "contact",
+            Self::Invoices => "invoice",
+            Self::Vehicles => "vehicle",
+            Self::Scheduled => "scheduled message",
+        }
+    }
+}
+
+/// The values of one column for every row of a batch, typed as the table stores them.
+/// Column-major, so that PostgreSQL binds each as one array.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportValues {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Date(Vec<Option<NaiveDate>>),
+    Instant(Vec<Option<DateTime<Utc>>>),
+}
+
+/// One column an import writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportColumn {
+    /// A column of the table, from the import's fixed list (never a name read from a file).
+    pub name: &'static str,
+    pub values: ImportValues,
+    /// For a value derived from other columns (`next_run_at`): on update it is written only
+    /// when one of these changed, and it is not itself compared.
+    pub follows: &'static [&'static str],
+}
+
+/// Checked rows, upserted together by `ref`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportBatch {
+    pub refs: Vec<String>,
+    /// Explicit ids, when the file has an id column (then every row has one).
+    pub ids: Option<Vec<i64>>,
+    /// The `ref` of the contact each row belongs to (invoices, vehicles, scheduled messages).
+    pub contact_refs: Option<Vec<String>>,
+    pub columns: Vec<ImportColumn>,
+}
+
+impl ImportBatch {
+    pub fn len(&self) -> usize {
+        self.refs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.refs.is_empty()
+    }
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+}
+
+/// A row already in the table, as an import checks against it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedRow {
+    pub id: i64,
+    /// Scheduled messages: the time as stored, when it reads as one.
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+/// What the table holds of the refs and ids a batch of rows names.
+#[derive(Debug, Clone, Default)]
+pub struct ImportLookup {
+    pub by_ref: std::collections::HashMap<String, ImportedRow>,
+    /// Ids that are taken, with the `ref` of the row that has each (`None`: a row written by an
+    /// app, not imported).
+    pub by_id: std::collections::HashMap<i64, Option<String>>,
+}
+
+/// The batches of one import, read from the file as the store writes them. An `Err` (the file
+/// changed, or cannot be read again) rolls the whole import back.
+pub type ImportSource<'a> =
+    dyn Iterator<Item = std::result::Result<ImportBatch, String>> + Send + 'a;
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// `sqlite` or `postgres`.
@@ -677,6 +790,107 @@ pub trait Store: Send + Sync {
     /// Cancels a scheduled message and what it has queued that has not gone out; returns how
     /// many queued messages were cancelled.
     async fn cancel_scheduled(&self, id: i64, by: Option<&str>) -> Result<u64>;
+    /// The rows of `table` that have one of `refs`, and those that have one of `ids`.
+    async fn import_lookup(
+        &self,
+        table: ImportTable,
+        refs: &[String],
+        ids: &[i64],
+    ) -> Result<ImportLookup>;
+
+    /// Upserts every batch by `ref` in one transaction: all of them, or on any error none. A
+    /// row whose values are all as stored is left alone (counted unchanged). After explicit
+    /// ids, the table's id sequence is moved past them (PostgreSQL), so that an app's next
+    /// insert without an id does not collide.
+    async fn import(
+        &self,
+        table: ImportTable,
+        batches: &mut ImportSource<'_>,
+    ) -> Result<ImportCounts>;
+}
+
+/// The columns an import statement inserts, in order: `ref`, then `id` and `contact_id` when the
+/// batch has them, then the batch's own columns.
+pub(crate) fn import_columns(batch: &ImportBatch) -> Vec<&'static str> {
+    let mut cols = vec!["ref"];
+    if batch.ids.is_some() {
+        cols.push("id");
+    }
+    if batch.contact_refs.is_some() {
+        cols.push("contact_id");
+    }
+    cols.extend(batch.columns.iter().map(|c| c.name));
+    cols
+}
+
+/// The `ON CONFLICT (ref)` clause of an import, which both dialects accept: a row already
+/// imported is updated only where a value differs (so `RETURNING` names exactly the rows that
+/// changed), and a derived column only when what it follows changed. The id is never updated:
+/// the check refuses a file that would change it.
+pub(crate) fn import_conflict(table: ImportTable, batch: &ImportBatch) -> String {
+    let t = table.table();
+    let mut compared: Vec<&str> = Vec::new();
+    if batch.contact_refs.is_some() {
+        compared.push("contact_id");
+    }
+    compared.extend(batch.columns.iter().filter(|c| c.follows.is_empty()).map(|c| c.name));
+    if compared.is_empty() {
+        return "ON CONFLICT (ref) DO NOTHING".to_string();
+    }
+    let changed = |cols: &[&str]| {
+        cols.iter()
+            .map(|c| format!("{t}.{c} IS DISTINCT FROM excluded.{c}"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    let mut set: Vec<String> = compared.iter().map(|c| format!("{c} = excluded.{c}")).collect();
+    for column in batch.columns.iter().filter(|c| !c.follows.is_empty()) {
+        let follows: Vec<&str> =
+            column.follows.iter().copied().filter(|f| compared.contains(f)).collect();
+        if !follows.is_empty() {
+            set.push(format!(
+                "{0} = CASE WHEN {1} THEN excluded.{0} ELSE {t}.{0} END",
+                column.name,
+                changed(&follows)
+            ));
+        }
+    }
+    format!("ON CONFLICT (ref) DO UPDATE SET {} WHERE {}", set.join(", "), changed(&compared))
+}
+
+/// Counts one batch of an import. A row whose ref was there before is updated when the
+/// statement returned it, else unchanged; any other returned row was inserted. A new row the
+/// statement did not return lost its contact after the check (another process deleted it):
+/// the import stops and rolls back rather than drop the row silently.
+pub(crate) fn tally_import(
+    refs: &[String],
+    before: &std::collections::HashSet<String>,
+    returned: &std::collections::HashSet<String>,
+) -> Result<ImportCounts> {
+    let mut counts = ImportCounts::default();
+    for r in refs {
+        match (before.contains(r), returned.contains(r)) {
+            (true, true) => counts.updated += 1,
+            (true, false) => counts.unchanged += 1,
+            (false, true) => counts.inserted += 1,
+            (false, false) => {
+                return Err(StoreError::Other(format!(
+                    "ref '{}' was not written: its contact was deleted while the file was \
+                     imported; nothing was written",
+                    shown(r)
+                )))
+            }
+        }
+    }
+    Ok(counts)
+}
+
+impl std::ops::AddAssign for ImportCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+    }
 }
 
 /// Carves a grant out of the limiter's state (store clock, epoch ns): slots start at the later

@@ -17,7 +17,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
-    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, NewScheduled,
+    DueScheduled, Failure, GenRow, Generated, ImportCounts, ImportLookup, ImportSource,
+    ImportTable, ImportValues, ImportedRow, InputScan, InvoiceRow, NewMessage, NewScheduled,
     Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts,
     SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow, Written,
 };
@@ -1410,5 +1411,139 @@ impl Store for PgStore {
         tx.commit().await?;
         p.done();
         Ok(n)
+    }
+
+    async fn import_lookup(
+        &self,
+        table: ImportTable,
+        refs: &[String],
+        ids: &[i64],
+    ) -> Result<ImportLookup> {
+        let t = table.table();
+        let scheduled =
+            if table == ImportTable::Scheduled { "scheduled_at" } else { "NULL::timestamptz" };
+        let mut p = self.primary().await?;
+        let mut lookup = ImportLookup::default();
+        if !refs.is_empty() {
+            let rows: Vec<(i64, String, Option<DateTime<Utc>>)> = sqlx::query_as(&format!(
+                "SELECT id, ref, {scheduled} FROM {t} WHERE ref = ANY($1)"
+            ))
+            .bind(refs)
+            .fetch_all(p.conn()?)
+            .await?;
+            for (id, r, scheduled_at) in rows {
+                lookup.by_ref.insert(r, ImportedRow { id, scheduled_at });
+            }
+        }
+        if !ids.is_empty() {
+            let rows: Vec<(i64, Option<String>)> =
+                sqlx::query_as(&format!("SELECT id, ref FROM {t} WHERE id = ANY($1)"))
+                    .bind(ids)
+                    .fetch_all(p.conn()?)
+                    .await?;
+            lookup.by_id.extend(rows);
+        }
+        p.done();
+        Ok(lookup)
+    }
+
+    async fn import(
+        &self,
+        table: ImportTable,
+        batches: &mut ImportSource<'_>,
+    ) -> Result<ImportCounts> {
+        let t = table.table();
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
+        let mut counts = ImportCounts::default();
+        let mut explicit_ids = false;
+        for batch in batches {
+            let batch = batch.map_err(StoreError::Other)?;
+            if batch.is_empty() {
+                continue;
+            }
+            explicit_ids |= batch.ids.is_some();
+            let before: std::collections::HashSet<String> =
+                sqlx::query_scalar(&format!("SELECT ref FROM {t} WHERE ref = ANY($1)"))
+                    .bind(&batch.refs)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+            // One array per column, unnested into rows: one statement per batch.
+            let mut arrays = vec!["$1::text[]".to_string()];
+            let mut names = vec!["ref"];
+            let mut values = vec!["u.ref"];
+            if batch.ids.is_some() {
+                arrays.push(format!("${}::bigint[]", arrays.len() + 1));
+                names.push("id");
+                values.push("u.id");
+            }
+            if batch.contact_refs.is_some() {
+                arrays.push(format!("${}::text[]", arrays.len() + 1));
+                names.push("contact_ref");
+                values.push("c.id");
+            }
+            let mut selected: Vec<String> = values.iter().map(ToString::to_string).collect();
+            for column in &batch.columns {
+                let sql_type = match column.values {
+                    ImportValues::Text(_) => "text",
+                    ImportValues::Int(_) => "bigint",
+                    ImportValues::Date(_) => "date",
+                    ImportValues::Instant(_) => "timestamptz",
+                };
+                arrays.push(format!("${}::{sql_type}[]", arrays.len() + 1));
+                names.push(column.name);
+                selected.push(format!("u.{}", column.name));
+            }
+            let join = if batch.contact_refs.is_some() {
+                "JOIN contacts c ON c.ref = u.contact_ref"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "INSERT INTO {t} ({}) SELECT {} FROM UNNEST({}) AS u({}) {join} {} RETURNING ref",
+                super::import_columns(&batch).join(", "),
+                selected.join(", "),
+                arrays.join(", "),
+                names.join(", "),
+                super::import_conflict(table, &batch)
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(&batch.refs);
+            if let Some(ids) = &batch.ids {
+                query = query.bind(ids);
+            }
+            if let Some(contacts) = &batch.contact_refs {
+                query = query.bind(contacts);
+            }
+            for column in &batch.columns {
+                query = match &column.values {
+                    ImportValues::Text(v) => query.bind(v),
+                    ImportValues::Int(v) => query.bind(v),
+                    ImportValues::Date(v) => query.bind(v),
+                    ImportValues::Instant(v) => query.bind(v),
+                };
+            }
+            let returned: std::collections::HashSet<String> =
+                query.fetch_all(&mut *tx).await?.into_iter().collect();
+            counts += super::tally_import(&batch.refs, &before, &returned)?;
+        }
+        if explicit_ids {
+            // Rows written with explicit ids do not move the identity sequence: without this,
+            // an app's next insert without an id would be given one of them and fail. The
+            // sequence only ever moves forward, so ids of deleted rows are not handed out again.
+            sqlx::query(&format!(
+                "SELECT setval(s.seq, GREATEST(m.top, \
+                     COALESCE(pg_sequence_last_value(s.seq::regclass), 0))) \
+                 FROM (SELECT pg_get_serial_sequence('{t}', 'id') AS seq) s, \
+                     (SELECT max(id) AS top FROM {t}) m \
+                 WHERE s.seq IS NOT NULL AND m.top IS NOT NULL"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        p.done();
+        Ok(counts)
     }
 }

@@ -27,9 +27,11 @@ use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRe
 
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
-    DueScheduled, Failure, GenRow, Generated, InputScan, InvoiceRow, NewMessage, NewScheduled,
-    Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts,
-    SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow, Written,
+    DueScheduled, Failure, GenRow, Generated, ImportBatch, ImportCounts, ImportLookup,
+    ImportSource, ImportTable, ImportValues, ImportedRow, InputScan, InvoiceRow, NewMessage,
+    NewScheduled, Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing,
+    ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError, TestContact,
+    VehicleRow, Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::dates;
@@ -720,6 +722,34 @@ fn fixes_json(fixes: &[(i64, NaiveDate)]) -> String {
     let map: serde_json::Map<String, serde_json::Value> =
         fixes.iter().map(|(id, d)| (id.to_string(), json!(d.to_string()))).collect();
     serde_json::Value::Object(map).to_string()
+}
+
+/// An import batch as one JSON array of row objects, for `json_each`: dates as `YYYY-MM-DD`,
+/// instants as fixed-width UTC text, like every timestamp reminderctl writes.
+fn import_rows_json(batch: &ImportBatch) -> String {
+    let rows: Vec<serde_json::Value> = (0..batch.len())
+        .map(|i| {
+            let mut row = serde_json::Map::new();
+            row.insert("ref".into(), json!(batch.refs[i]));
+            if let Some(ids) = &batch.ids {
+                row.insert("id".into(), json!(ids[i]));
+            }
+            if let Some(contacts) = &batch.contact_refs {
+                row.insert("contact_ref".into(), json!(contacts[i]));
+            }
+            for column in &batch.columns {
+                let value = match &column.values {
+                    ImportValues::Text(v) => json!(v[i]),
+                    ImportValues::Int(v) => json!(v[i]),
+                    ImportValues::Date(v) => json!(v[i].map(|d| d.to_string())),
+                    ImportValues::Instant(v) => json!(v[i].map(ts)),
+                };
+                row.insert(column.name.into(), value);
+            }
+            serde_json::Value::Object(row)
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
 }
 
 /// How long before a scheduled message's stored time a naive local value may fall due: SQL
@@ -1879,6 +1909,106 @@ impl Store for SqliteStore {
         .rows_affected();
         w.commit().await?;
         Ok(n)
+    }
+
+    async fn import_lookup(
+        &self,
+        table: ImportTable,
+        refs: &[String],
+        ids: &[i64],
+    ) -> Result<ImportLookup> {
+        let t = table.table();
+        let scheduled = if table == ImportTable::Scheduled { "scheduled_at" } else { "NULL" };
+        let mut lookup = ImportLookup::default();
+        if !refs.is_empty() {
+            let rows = sqlx::query(&format!(
+                "SELECT id, ref, {scheduled} AS scheduled_at FROM {t} \
+                 WHERE ref IN (SELECT value FROM json_each(?1))"
+            ))
+            .bind(json!(refs).to_string())
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                let Ok(Some(r)) = Raw::read(row, "ref").text((t, id, "ref")) else { continue };
+                let scheduled_at = match Raw::read(row, "scheduled_at") {
+                    Raw::Text(text) => dates::instant(&text, self.tz).ok(),
+                    _ => None,
+                };
+                lookup.by_ref.insert(r, ImportedRow { id, scheduled_at });
+            }
+        }
+        if !ids.is_empty() {
+            let rows = sqlx::query(&format!(
+                "SELECT id, ref FROM {t} WHERE id IN (SELECT value FROM json_each(?1))"
+            ))
+            .bind(json!(ids).to_string())
+            .fetch_all(&self.pool)
+            .await?;
+            for row in &rows {
+                let id: i64 = row.try_get("id")?;
+                let r = Raw::read(row, "ref").text((t, id, "ref")).ok().flatten();
+                lookup.by_id.insert(id, r);
+            }
+        }
+        Ok(lookup)
+    }
+
+    async fn import(
+        &self,
+        table: ImportTable,
+        batches: &mut ImportSource<'_>,
+    ) -> Result<ImportCounts> {
+        let t = table.table();
+        // One write transaction for the whole file: other passes wait (up to the busy timeout)
+        // for their writes, and nobody ever sees half a file.
+        let mut w = Writer::begin(&self.pool).await?;
+        let mut counts = ImportCounts::default();
+        for batch in batches {
+            let batch = batch.map_err(StoreError::Other)?;
+            if batch.is_empty() {
+                continue;
+            }
+            let before: std::collections::HashSet<String> = sqlx::query_scalar(&format!(
+                "SELECT ref FROM {t} WHERE ref IN (SELECT value FROM json_each(?1))"
+            ))
+            .bind(json!(batch.refs).to_string())
+            .fetch_all(w.conn())
+            .await?
+            .into_iter()
+            .collect();
+            let columns = super::import_columns(&batch);
+            let values: Vec<String> = columns
+                .iter()
+                .map(|c| match *c {
+                    "contact_id" => "c.id".to_string(),
+                    c => format!("j.value ->> '{c}'"),
+                })
+                .collect();
+            let join = if batch.contact_refs.is_some() {
+                "JOIN contacts c ON c.ref = j.value ->> 'contact_ref'"
+            } else {
+                ""
+            };
+            // `WHERE true` keeps SQLite from reading ON CONFLICT as part of the join.
+            let sql = format!(
+                "INSERT INTO {t} ({}) SELECT {} FROM json_each(?1) j {join} WHERE true {} \
+                 RETURNING ref",
+                columns.join(", "),
+                values.join(", "),
+                super::import_conflict(table, &batch)
+            );
+            let returned: std::collections::HashSet<String> = sqlx::query_scalar(&sql)
+                .bind(import_rows_json(&batch))
+                .fetch_all(w.conn())
+                .await?
+                .into_iter()
+                .collect();
+            counts += super::tally_import(&batch.refs, &before, &returned)?;
+        }
+        // Rowids need no care: a row inserted without an id gets one past the largest.
+        w.commit().await?;
+        Ok(counts)
     }
 }
 

@@ -10,6 +10,7 @@ mod fallback;
 mod faults;
 mod forecast;
 mod guarantees;
+mod import;
 mod manual;
 mod operator;
 mod pass;
