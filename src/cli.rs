@@ -81,6 +81,31 @@ pub enum Command {
     /// export. Every row is checked first: if one is bad, nothing is written. Rows are then
     /// upserted by their `ref`, so importing the same file again changes nothing.
     Import(ImportArgs),
+    /// Put failed messages back as pending, with fresh attempts, for the next pass to send.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["ids", "failed_since"]))]
+    Retry {
+        #[command(flatten)]
+        common: Common,
+        /// The messages' ids (as `status` and `--json` show them).
+        #[arg(value_name = "ID")]
+        ids: Vec<i64>,
+        /// Every message that failed at or after this time (RFC 3339, `YYYY-MM-DD HH:MM` or
+        /// `YYYY-MM-DD` in `REMINDER_TIMEZONE`).
+        #[arg(long, value_name = "TIME")]
+        failed_since: Option<String>,
+    },
+    /// Delete finished outbox rows older than DAYS whose reminder can never be generated
+    /// again (so nothing is sent twice), their attempts, and passes older than DAYS.
+    Prune {
+        #[command(flatten)]
+        common: Common,
+        /// How old a finished message (and a recorded pass) must be, in days.
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        older_than: u32,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// `import`'s arguments.
@@ -229,6 +254,10 @@ pub struct PassArgs {
     /// Exit with status 3 when any message failed permanently in this pass.
     #[arg(long)]
     pub strict: bool,
+    /// Stay in the foreground and make one pass per interval (30s, 1m, 1h), for hosts with no
+    /// cron; SIGTERM or Ctrl-C ends it after the pass in progress, with exit status 0.
+    #[arg(long, value_name = "DURATION", conflicts_with = "dry_run")]
+    pub every: Option<String>,
 }
 
 fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {

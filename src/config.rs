@@ -105,6 +105,94 @@ pub struct Settings {
     /// Where results that could not be written to the database are kept until the next pass
     /// writes them (`REMINDER_JOURNAL_DIR`).
     pub journal_dir: PathBuf,
+    /// Fetched after each pass (`REMINDER_HEARTBEAT_URL`), with `/fail` after a failed one.
+    pub heartbeat: Option<Heartbeat>,
+    /// `status` warns when no pass finished well within this long (`REMINDER_STALE_AFTER`).
+    pub stale_after: Duration,
+}
+
+/// A push monitor's URL (Healthchecks.io, Uptime Kuma). The URL is its credential: `Debug` and
+/// `Display` show only its host.
+#[derive(Clone)]
+pub struct Heartbeat {
+    url: Secret,
+    host: String,
+}
+
+impl Heartbeat {
+    fn parse(raw: &str) -> Result<Self, ConfigError> {
+        match url::Url::parse(raw.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(Self {
+                host: u.host_str().unwrap_or_default().to_string(),
+                url: Secret::new(raw.trim().trim_end_matches('/')),
+            }),
+            _ => Err(bad("REMINDER_HEARTBEAT_URL", "is not an http(s) URL")),
+        }
+    }
+
+    /// The URL to fetch: as given after a pass that completed, with `/fail` after one that did
+    /// not (the Healthchecks convention; Uptime Kuma takes the query string, kept after it).
+    pub fn url(&self, ok: bool) -> String {
+        let url = self.url.expose();
+        if ok {
+            return url.to_string();
+        }
+        match url.split_once('?') {
+            Some((path, query)) => format!("{}/fail?{query}", path.trim_end_matches('/')),
+            None => format!("{url}/fail"),
+        }
+    }
+
+    /// The secret to keep out of errors and logs.
+    pub fn secret(&self) -> &Secret {
+        &self.url
+    }
+}
+
+impl std::fmt::Debug for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Heartbeat({})", self.host)
+    }
+}
+
+impl std::fmt::Display for Heartbeat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the heartbeat at {}", self.host)
+    }
+}
+
+/// A duration as people write it: `30s`, `1m`, `10m`, `1h`, `1h30m`, or plain seconds (`90`).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let text = raw.trim();
+    let wrong = || format!("'{text}' is not a duration (e.g. 30s, 1m, 10m, 1h, 1h30m)");
+    if text.is_empty() {
+        return Err(wrong());
+    }
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit = match ch.to_ascii_lowercase() {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(wrong()),
+        };
+        let n: u64 = digits.parse().map_err(|_| wrong())?;
+        digits.clear();
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(wrong)?;
+    }
+    if !digits.is_empty() {
+        return Err(wrong());
+    }
+    Ok(Duration::from_secs(total))
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite:reminderctl.db";
@@ -198,6 +286,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "REMINDER_PASS_SECONDS",
     "REMINDER_HTTP_TIMEOUT",
     "REMINDER_JOURNAL_DIR",
+    "REMINDER_HEARTBEAT_URL",
+    "REMINDER_STALE_AFTER",
     "XDG_STATE_HOME",
     "WHATSAPP_PROVIDER",
     "WHATSAPP_CONNECTIONS",
@@ -448,6 +538,15 @@ impl Settings {
             pass_budget: Duration::from_secs(number("REMINDER_PASS_SECONDS", 50, 1, 3600)?),
             request_timeout,
             journal_dir: journal_dir(&get),
+            heartbeat: get("REMINDER_HEARTBEAT_URL").map(Heartbeat::parse).transpose()?,
+            stale_after: match get("REMINDER_STALE_AFTER") {
+                None => Duration::from_secs(600),
+                Some(s) => match parse_duration(s) {
+                    Ok(d) if d >= Duration::from_secs(1) => d,
+                    Ok(_) => return Err(bad("REMINDER_STALE_AFTER", "must be at least 1s")),
+                    Err(e) => return Err(bad("REMINDER_STALE_AFTER", e)),
+                },
+            },
         })
     }
 

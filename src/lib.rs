@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod domain;
 pub mod dotenv;
 pub mod generate;
+pub mod heartbeat;
 pub mod import;
 pub mod logging;
 pub mod progress;

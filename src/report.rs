@@ -9,7 +9,7 @@ use chrono_tz::Tz;
 use serde_json::{json, Value};
 
 use crate::generate::GenerateReport;
-use crate::store::{GenRow, SeedCounts, StatusData};
+use crate::store::{GenRow, PassHistory, PassRecord, SeedCounts, StatusData};
 
 /// The counts every pass reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -284,6 +284,9 @@ pub struct StatusReport {
     /// Each route (a channel, and WhatsApp's connections) with its provider, or why it has none.
     pub channels: Vec<StatusRoute>,
     pub data: StatusData,
+    pub passes: PassHistory,
+    /// `REMINDER_STALE_AFTER`.
+    pub stale_after: std::time::Duration,
 }
 
 /// One route as `status` shows it.
@@ -340,7 +343,77 @@ impl StatusReport {
                 "at": f.at.to_rfc3339(),
             })).collect::<Vec<_>>(),
             "unreadable": self.data.bad_inputs,
+            "last_pass": self.passes.last.as_ref().map(|p| self.pass_json(p)),
+            "last_good_pass": self.passes.last_ok.as_ref().map(|p| self.pass_json(p)),
+            "stale": self.stale(),
+            "stale_after_seconds": self.stale_after.as_secs(),
         })
+    }
+
+    /// Whether no pass finished well within `REMINDER_STALE_AFTER` (on the real clock).
+    pub fn stale(&self) -> bool {
+        self.passes.last_ok.as_ref().and_then(|p| p.finished_at).is_none_or(|at| {
+            self.passes.real_now.signed_duration_since(at).to_std().unwrap_or_default()
+                > self.stale_after
+        })
+    }
+
+    fn pass_json(&self, p: &PassRecord) -> Value {
+        let age = |at: DateTime<Utc>| {
+            self.passes.real_now.signed_duration_since(at).num_milliseconds() as f64 / 1000.0
+        };
+        json!({
+            "id": p.id,
+            "command": p.command,
+            "host": p.host,
+            "pid": p.pid,
+            "now": p.business_now.map(|t| t.to_rfc3339()),
+            "started_at": p.started_at.to_rfc3339(),
+            "finished_at": p.finished_at.map(|t| t.to_rfc3339()),
+            "age_seconds": age(p.finished_at.unwrap_or(p.started_at)),
+            "counts": p.counts,
+            "error": p.error,
+        })
+    }
+
+    fn pass_text(&self, p: &PassRecord) -> String {
+        let local = |t: DateTime<Utc>| t.with_timezone(&self.timezone).format("%Y-%m-%d %H:%M:%S");
+        let ago = |t: DateTime<Utc>| {
+            let secs = self.passes.real_now.signed_duration_since(t).num_seconds().max(0);
+            match secs {
+                0..=119 => format!("{secs} s ago"),
+                120..=7199 => format!("{} min ago", secs / 60),
+                7200..=172_799 => format!("{} h ago", secs / 3600),
+                _ => format!("{} days ago", secs / 86_400),
+            }
+        };
+        let c = &p.counts;
+        let when = match p.finished_at {
+            Some(at) => format!("finished {} ({})", local(at), ago(at)),
+            None => {
+                format!("started {} ({}), not finished", local(p.started_at), ago(p.started_at))
+            }
+        };
+        let business = p
+            .business_now
+            .map(|t| format!(" with --now {}", t.with_timezone(&self.timezone).to_rfc3339()))
+            .unwrap_or_default();
+        let mut line = format!(
+            "`{}` on {} (pid {}){business} {when}: generated {}, sent {}, failed {}, retried {}, \
+             deferred {}",
+            p.command,
+            escape_control(&p.host),
+            p.pid,
+            c.generated,
+            c.sent,
+            c.failed,
+            c.retried,
+            c.deferred
+        );
+        if let Some(e) = &p.error {
+            let _ = write!(line, "; error: {}", escape_control(e));
+        }
+        line
     }
 
     pub fn to_text(&self) -> String {
@@ -359,6 +432,26 @@ impl StatusReport {
             self.window,
             if self.window_open { "open" } else { "closed, messages wait" }
         );
+        let _ = writeln!(out, "\nPasses");
+        match &self.passes.last {
+            None => {
+                let _ = writeln!(out, "  none recorded yet");
+            }
+            Some(last) => {
+                let _ = writeln!(out, "  last pass: {}", self.pass_text(last));
+                if let Some(ok) = self.passes.last_ok.as_ref().filter(|ok| ok.id != last.id) {
+                    let _ = writeln!(out, "  last good pass: {}", self.pass_text(ok));
+                }
+            }
+        }
+        if self.stale() {
+            let _ = writeln!(
+                out,
+                "  WARNING: no pass finished without error in the last {} \
+                 (REMINDER_STALE_AFTER): is cron (or run --every) running?",
+                human_duration(self.stale_after)
+            );
+        }
         let _ = writeln!(out, "\nChannels");
         for r in &self.channels {
             let label = match &r.connection {
@@ -452,6 +545,18 @@ pub fn seed_text(counts: &SeedCounts, reset: bool) -> String {
         counts.contacts, counts.invoices, counts.vehicles, counts.scheduled
     );
     out
+}
+
+/// `10 min`, `90 s`, `2 h`: a duration as the status line says it.
+fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs % 3600 == 0 && secs >= 3600 {
+        format!("{} h", secs / 3600)
+    } else if secs % 60 == 0 && secs >= 60 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
+    }
 }
 
 fn plural(n: u64, one: &str, many: &str) -> String {

@@ -15,6 +15,7 @@ use crate::store::Store;
 use crate::templates::Templates;
 
 mod import;
+mod maintenance;
 mod pass;
 mod schedule;
 mod seed;
@@ -44,6 +45,12 @@ pub async fn dispatch(command: Command, env: HashMap<String, String>) -> anyhow:
             test_dunning::run(&common, &email, &phone, yes, env).await
         }
         Command::Import(args) => import::run(&args, env).await,
+        Command::Retry { common, ids, failed_since } => {
+            maintenance::retry(&common, ids, failed_since.as_deref(), env).await
+        }
+        Command::Prune { common, older_than, dry_run } => {
+            maintenance::prune(&common, older_than, dry_run, env).await
+        }
     }
 }
 
@@ -61,6 +68,24 @@ pub(crate) struct Setup {
 /// mistake stops the command with one error naming the variable or file, and nothing is
 /// generated or sent.
 pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyhow::Result<Setup> {
+    let Configured { settings, templates, registry } = configure(common, env)?;
+    let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
+    let store = open(&settings, common).await?;
+    Ok(Setup { settings, templates, registry, clock, store })
+}
+
+/// What the operator configured, checked, with no database opened yet.
+pub(crate) struct Configured {
+    pub settings: Settings,
+    pub templates: Templates,
+    pub registry: Registry,
+}
+
+/// Settings, templates and channels, checked: see [`setup`].
+pub(crate) fn configure(
+    common: &Common,
+    env: HashMap<String, String>,
+) -> anyhow::Result<Configured> {
     let settings = Settings::load(&env, common.database_url.as_deref()).context("configuration")?;
     // Said before the check: a misnamed file is an override that is silently not used.
     if let Some(dir) = &settings.template_dir {
@@ -76,7 +101,11 @@ pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyh
     }
     let templates = Templates::load(settings.template_dir.as_deref())?;
     let registry = Registry::from_settings(&settings).context("cannot set up the channels")?;
-    let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
+    Ok(Configured { settings, templates, registry })
+}
+
+/// Opens the store and, unless `--no-migrate`, applies pending migrations.
+pub(crate) async fn open(settings: &Settings, common: &Common) -> anyhow::Result<Arc<dyn Store>> {
     let store = crate::store::connect(settings.database_url.expose(), settings.timezone)
         .await
         .with_context(|| format!("cannot open the {}", settings.database_url))?;
@@ -86,16 +115,21 @@ pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyh
             .await
             .with_context(|| format!("cannot apply migrations to the {}", settings.database_url))?;
     }
-    Ok(Setup { settings, templates, registry, clock, store })
+    Ok(store)
+}
+
+/// The journal of results the database behind `settings` could not take.
+pub(crate) fn journal(settings: &Settings) -> crate::deliver::journal::Journal {
+    crate::deliver::journal::Journal::new(
+        settings.journal_dir.clone(),
+        settings.database_url.expose(),
+    )
 }
 
 impl Setup {
     /// The journal of results this database could not take.
     pub fn journal(&self) -> crate::deliver::journal::Journal {
-        crate::deliver::journal::Journal::new(
-            self.settings.journal_dir.clone(),
-            self.settings.database_url.expose(),
-        )
+        journal(&self.settings)
     }
 }
 

@@ -48,6 +48,7 @@ pub async fn run(
             due,
         });
     }
+    let passes = setup.store.pass_history().await.context("cannot read status")?;
     let report = StatusReport {
         now,
         timezone: settings.timezone,
@@ -56,6 +57,8 @@ pub async fn run(
         window_open: settings.send_window.contains(now.with_timezone(&settings.timezone).time()),
         channels,
         data,
+        passes,
+        stale_after: settings.stale_after,
     };
     emit(&if common.json { report.to_json().to_string() } else { report.to_text() });
     Ok(ExitCode::SUCCESS)

@@ -61,7 +61,8 @@ impl Stop {
     pub fn requested(&self) -> bool {
         self.flag.load(Ordering::SeqCst)
     }
-    async fn wait(&self) {
+    /// Returns once a stop is requested.
+    pub async fn wait(&self) {
         let notified = self.notify.notified();
         if self.requested() {
             return;

@@ -98,6 +98,12 @@ impl DunningPolicy {
         stages
     }
 
+    /// Days after the due date on which the last stage ends: from then on no stage of that due
+    /// date is ever current again.
+    pub fn horizon(&self) -> i64 {
+        self.stages().iter().map(|s| s.end).max().unwrap_or(0)
+    }
+
     /// The one stage that is current on `today` for an invoice due on `due`, if any.
     pub fn current_stage(&self, due: NaiveDate, today: NaiveDate) -> Option<Stage> {
         let days = today.signed_duration_since(due).num_days();

@@ -448,6 +448,95 @@ pub struct SlotState {
     pub quota_used: i64,
 }
 
+/// A pass as it starts: what `passes` records first.
+#[derive(Debug, Clone)]
+pub struct PassStart {
+    /// `run`, `generate` or `send`.
+    pub command: &'static str,
+    pub host: String,
+    pub pid: u32,
+    /// The `--now` the pass evaluated, when it was given one.
+    pub business_now: Option<DateTime<Utc>>,
+}
+
+/// What a pass did, as `passes` keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassCounts {
+    pub generated: u64,
+    pub sent: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub deferred: u64,
+    pub cancelled: u64,
+    pub skipped: u64,
+}
+
+/// One recorded pass.
+#[derive(Debug, Clone)]
+pub struct PassRecord {
+    pub id: i64,
+    pub command: String,
+    pub host: String,
+    pub pid: i64,
+    pub business_now: Option<DateTime<Utc>>,
+    pub started_at: DateTime<Utc>,
+    /// `None` while it runs, or when it never finished (killed, or its end could not be stored).
+    pub finished_at: Option<DateTime<Utc>>,
+    pub counts: PassCounts,
+    pub error: Option<String>,
+}
+
+/// The latest passes and the real clock they are measured against (the database server's on
+/// PostgreSQL).
+#[derive(Debug, Clone)]
+pub struct PassHistory {
+    pub real_now: DateTime<Utc>,
+    /// The latest pass to start.
+    pub last: Option<PassRecord>,
+    /// The latest pass that finished without an error.
+    pub last_ok: Option<PassRecord>,
+}
+
+/// Which failed messages `retry` puts back.
+#[derive(Debug, Clone)]
+pub enum RetrySelect {
+    Ids(Vec<i64>),
+    /// Every failed message whose last attempt (or, failed when generated, whose creation) is
+    /// at or after this instant.
+    FailedSince(DateTime<Utc>),
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, Default)]
+pub struct Retried {
+    /// The messages put back as `pending`: (id, channel, recipient).
+    pub retried: Vec<(i64, String, Option<String>)>,
+    /// Named messages that were not put back, and why.
+    pub refused: Vec<(i64, String)>,
+}
+
+/// What `prune` may delete: finished messages whose occurrence no pass can generate again,
+/// last touched before `before` (business clock), and passes that started more than
+/// `passes_days` days ago (real clock).
+#[derive(Debug, Clone)]
+pub struct PruneCut {
+    pub before: DateTime<Utc>,
+    pub passes_days: u32,
+    /// Dunning occurrences whose due date is on or before this local date: every stage of
+    /// them has ended.
+    pub dunning_due_until: NaiveDate,
+    /// Maintenance occurrences whose visit date is before this local date (today).
+    pub visit_before: NaiveDate,
+}
+
+/// What `prune` deleted (or, on a dry run, would delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    pub messages: u64,
+    pub attempts: u64,
+    pub passes: u64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StatusData {
     pub counts: Vec<StatusCount>,
@@ -807,6 +896,162 @@ pub trait Store: Send + Sync {
         table: ImportTable,
         batches: &mut ImportSource<'_>,
     ) -> Result<ImportCounts>;
+
+    /// Records that a pass started (on the real clock); returns its id.
+    async fn begin_pass(&self, start: &PassStart) -> Result<i64>;
+
+    /// Records how the pass ended (on the real clock).
+    async fn finish_pass(&self, id: i64, counts: &PassCounts, error: Option<&str>) -> Result<()>;
+
+    /// The latest pass, and the latest that finished well.
+    async fn pass_history(&self) -> Result<PassHistory>;
+
+    /// Puts failed messages back as `pending` with fresh attempts at `now`, recording the
+    /// change in `delivery_attempts`. A message whose occurrence was sent, or is queued, on
+    /// another channel is not put back: it would reach the contact twice.
+    async fn retry_failed(&self, select: &RetrySelect, now: DateTime<Utc>) -> Result<Retried>;
+
+    /// Deletes what `cut` allows (in one transaction); a dry run counts it and deletes nothing.
+    async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned>;
+}
+
+/// The columns of `passes` that [`PassRecord`] reads.
+pub(crate) const PASS_COLUMNS: &str = "id, command, host, pid, business_now, started_at, \
+    finished_at, generated, sent, failed, retried, deferred, cancelled, skipped, error";
+
+/// A count as the database keeps it.
+pub(crate) fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A pass row, on either backend.
+pub(crate) fn pass_record<R>(r: &R) -> Result<PassRecord>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'c> i64: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+    for<'c> String: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+    for<'c> DateTime<Utc>: sqlx::Decode<'c, R::Database> + sqlx::Type<R::Database>,
+{
+    let n = |c: &str| -> Result<u64> { Ok(u64::try_from(r.try_get::<i64, _>(c)?).unwrap_or(0)) };
+    Ok(PassRecord {
+        id: r.try_get("id")?,
+        command: r.try_get("command")?,
+        host: r.try_get("host")?,
+        pid: r.try_get("pid")?,
+        business_now: r.try_get("business_now")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        counts: PassCounts {
+            generated: n("generated")?,
+            sent: n("sent")?,
+            failed: n("failed")?,
+            retried: n("retried")?,
+            deferred: n("deferred")?,
+            cancelled: n("cancelled")?,
+            skipped: n("skipped")?,
+        },
+        error: r.try_get("error")?,
+    })
+}
+
+/// The messages `prune` deletes, as SQL both dialects accept (`$1` … `$3` are
+/// [`PruneCut::before`], `dunning_due_until`, `visit_before`; `occurrence` and `due` are the
+/// dialect's epoch seconds of a scheduled message's occurrence (from its dedup key) and of its
+/// row's next run). An occurrence goes when every row of it is finished and untouched since the
+/// cut, and no pass can generate it again: a test message; a dunning reminder every stage of
+/// whose due date has ended; a maintenance reminder whose visit date has passed; a scheduled
+/// occurrence whose row is gone, finished, or already moved past it.
+pub(crate) fn prune_keys(occurrence: &str, due: &str) -> String {
+    format!(
+        "SELECT m.dedup_key FROM messages m \
+         WHERE m.kind = 'test' \
+            OR (m.kind = 'dunning' AND m.event_date <= $2) \
+            OR (m.kind = 'maintenance' AND m.event_date < $3) \
+            OR (m.kind = 'scheduled' AND NOT EXISTS (SELECT 1 FROM scheduled_messages s \
+                WHERE s.id = m.subject_id AND s.status IN ('pending', 'active', 'processing') \
+                  AND ({due} IS NULL OR {due} <= {occurrence}))) \
+         EXCEPT \
+         SELECT m.dedup_key FROM messages m \
+         WHERE m.status NOT IN ('sent', 'failed', 'cancelled', 'skipped') \
+            OR m.created_at >= $1 OR m.sent_at >= $1 \
+            OR EXISTS (SELECT 1 FROM delivery_attempts a WHERE a.message_id = m.id AND a.at >= $1)"
+    )
+}
+
+/// The retry candidates' columns, and the failure time `--failed-since` compares.
+pub(crate) const RETRY_COLUMNS: &str = "m.id, m.status, m.dedup_key, m.channel, m.origin, \
+    m.recipient";
+pub(crate) const FAILED_AT: &str =
+    "COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), m.created_at)";
+
+/// A retry candidate as read back.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct RetryCandidate {
+    pub id: i64,
+    pub status: String,
+    pub dedup_key: String,
+    pub channel: String,
+    pub origin: String,
+    pub recipient: Option<String>,
+}
+
+/// Decides which candidates `retry` puts back. `others` gives, for a candidate, the other rows
+/// of its occurrence that are sent or queued (id, channel, status, origin). Rows generated
+/// together for `+` (origin `rule`) go out alongside each other; any other row of the
+/// occurrence stands for it, so a failed row is not put back next to it. Of several failed
+/// rows of one occurrence picked at once, the rule's rows go back and a fallback does not.
+pub(crate) fn retry_plan<'a>(
+    named: Option<&[i64]>,
+    candidates: &'a [RetryCandidate],
+    others: &dyn Fn(&RetryCandidate) -> Vec<(i64, String, String, String)>,
+) -> (Vec<&'a RetryCandidate>, Vec<(i64, String)>) {
+    let mut refused = Vec::new();
+    if let Some(ids) = named {
+        for id in ids {
+            if !candidates.iter().any(|c| c.id == *id) {
+                refused.push((*id, format!("there is no message {id}")));
+            }
+        }
+    }
+    let mut chosen: Vec<&RetryCandidate> = Vec::new();
+    for c in candidates {
+        if c.status != "failed" {
+            refused.push((c.id, format!("message {} is {}, not failed", c.id, c.status)));
+            continue;
+        }
+        let standing = others(c)
+            .into_iter()
+            .find(|(_, _, _, origin)| !(c.origin == "rule" && origin == "rule"));
+        if let Some((id, channel, status, _)) = standing {
+            let what = if status == "sent" { "was sent" } else { "is queued" };
+            refused.push((
+                c.id,
+                format!(
+                    "message {}: its reminder {what} on {channel} (message {id}); putting it \
+                     back would reach the contact twice",
+                    c.id
+                ),
+            ));
+            continue;
+        }
+        let rival = chosen
+            .iter()
+            .find(|o| o.dedup_key == c.dedup_key && !(o.origin == "rule" && c.origin == "rule"));
+        if let Some(o) = rival {
+            refused.push((
+                c.id,
+                format!(
+                    "message {}: its reminder goes back on {} (message {}) instead",
+                    c.id, o.channel, o.id
+                ),
+            ));
+            continue;
+        }
+        chosen.push(c);
+    }
+    refused.sort_by_key(|r| r.0);
+    (chosen, refused)
 }
 
 /// The columns an import statement inserts, in order: `ref`, then `id` and `contact_id` when the

@@ -16,6 +16,10 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
+    count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart, PruneCut,
+    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, PASS_COLUMNS, RETRY_COLUMNS,
+};
+use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
     DueScheduled, Failure, GenRow, Generated, ImportCounts, ImportLookup, ImportSource,
     ImportTable, ImportValues, ImportedRow, InputScan, InvoiceRow, NewMessage, NewScheduled,
@@ -1545,5 +1549,178 @@ impl Store for PgStore {
         tx.commit().await?;
         p.done();
         Ok(counts)
+    }
+
+    async fn begin_pass(&self, start: &PassStart) -> Result<i64> {
+        let mut c = self.pooled().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO passes (command, host, pid, business_now, started_at) \
+             VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING id",
+        )
+        .bind(start.command)
+        .bind(&start.host)
+        .bind(i64::from(start.pid))
+        .bind(start.business_now)
+        .fetch_one(c.conn())
+        .await?;
+        c.done();
+        Ok(id)
+    }
+
+    async fn finish_pass(&self, id: i64, counts: &PassCounts, error: Option<&str>) -> Result<()> {
+        let mut c = self.pooled().await?;
+        sqlx::query(
+            "UPDATE passes SET finished_at = clock_timestamp(), generated = $2, sent = $3, \
+                 failed = $4, retried = $5, deferred = $6, cancelled = $7, skipped = $8, \
+                 error = $9 \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(count(counts.generated))
+        .bind(count(counts.sent))
+        .bind(count(counts.failed))
+        .bind(count(counts.retried))
+        .bind(count(counts.deferred))
+        .bind(count(counts.cancelled))
+        .bind(count(counts.skipped))
+        .bind(error)
+        .execute(c.conn())
+        .await?;
+        c.done();
+        Ok(())
+    }
+
+    async fn pass_history(&self) -> Result<PassHistory> {
+        let mut c = self.pooled().await?;
+        let real_now: DateTime<Utc> =
+            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(c.conn()).await?;
+        let mut out = PassHistory { real_now, last: None, last_ok: None };
+        for (slot, filter) in [
+            (&mut out.last, ""),
+            (&mut out.last_ok, "WHERE finished_at IS NOT NULL AND error IS NULL"),
+        ] {
+            let row = sqlx::query(&format!(
+                "SELECT {PASS_COLUMNS} FROM passes {filter} ORDER BY started_at DESC, id DESC \
+                 LIMIT 1"
+            ))
+            .fetch_optional(c.conn())
+            .await?;
+            *slot = row.map(|r| pass_record(&r)).transpose()?;
+        }
+        c.done();
+        Ok(out)
+    }
+
+    async fn retry_failed(&self, select: &RetrySelect, now: DateTime<Utc>) -> Result<Retried> {
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
+        let (named, candidates): (Option<&[i64]>, Vec<RetryCandidate>) = match select {
+            RetrySelect::Ids(ids) => (
+                Some(ids),
+                sqlx::query_as(&format!(
+                    "SELECT {RETRY_COLUMNS} FROM messages m WHERE m.id = ANY($1) \
+                     ORDER BY m.id FOR UPDATE"
+                ))
+                .bind(ids)
+                .fetch_all(&mut *tx)
+                .await?,
+            ),
+            RetrySelect::FailedSince(since) => (
+                None,
+                sqlx::query_as(&format!(
+                    "SELECT {RETRY_COLUMNS} FROM messages m \
+                     WHERE m.status = 'failed' AND {FAILED_AT} >= $1 ORDER BY m.id FOR UPDATE"
+                ))
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await?,
+            ),
+        };
+        let mut others = std::collections::HashMap::new();
+        for c in &candidates {
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT id, channel, status, origin FROM messages \
+                 WHERE dedup_key = $1 AND id <> $2 AND status IN ('pending', 'sending', 'sent') \
+                 ORDER BY id",
+            )
+            .bind(&c.dedup_key)
+            .bind(c.id)
+            .fetch_all(&mut *tx)
+            .await?;
+            others.insert(c.id, rows);
+        }
+        let (chosen, refused) =
+            retry_plan(named, &candidates, &|c| others.get(&c.id).cloned().unwrap_or_default());
+        let ids: Vec<i64> = chosen.iter().map(|c| c.id).collect();
+        sqlx::query(
+            "INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
+                 error, at) \
+             SELECT id, attempts, channel, provider, 'requeued', \
+                 'put back as pending by retry, after: ' || COALESCE(last_error, 'no reason'), $2 \
+             FROM messages WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE messages SET status = 'pending', attempts = 0, next_attempt_at = $2, \
+                 claimed_until = NULL, claimed_by = NULL, last_error = NULL \
+             WHERE id = ANY($1) AND status = 'failed'",
+        )
+        .bind(&ids)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE scheduled_messages SET status = 'processing' \
+             WHERE status = 'failed' AND id IN (SELECT subject_id FROM messages \
+                 WHERE id = ANY($1) AND kind = 'scheduled')",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        p.done();
+        let retried =
+            chosen.iter().map(|c| (c.id, c.channel.clone(), c.recipient.clone())).collect();
+        Ok(Retried { retried, refused })
+    }
+
+    async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned> {
+        let keys = prune_keys(
+            "split_part(m.dedup_key, ':', 3)::bigint",
+            "extract(epoch FROM COALESCE(s.next_run_at, s.scheduled_at))",
+        );
+        let mut p = self.primary().await?;
+        let mut tx = p.conn()?.begin().await?;
+        let attempts = format!(
+            "DELETE FROM delivery_attempts WHERE message_id IN \
+             (SELECT id FROM messages WHERE dedup_key IN ({keys}))"
+        );
+        let messages = format!("DELETE FROM messages WHERE dedup_key IN ({keys})");
+        let mut deleted = [0u64; 2];
+        for (n, statement) in deleted.iter_mut().zip([&attempts, &messages]) {
+            *n = sqlx::query(statement)
+                .bind(cut.before)
+                .bind(cut.dunning_due_until)
+                .bind(cut.visit_before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        let passes =
+            sqlx::query("DELETE FROM passes WHERE started_at < now() - make_interval(days => $1)")
+                .bind(i32::try_from(cut.passes_days).unwrap_or(i32::MAX))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if dry_run {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        p.done();
+        Ok(Pruned { messages: deleted[1], attempts: deleted[0], passes })
     }
 }

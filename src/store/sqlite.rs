@@ -26,6 +26,10 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRef as _};
 
 use super::{
+    count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart, PruneCut,
+    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, PASS_COLUMNS, RETRY_COLUMNS,
+};
+use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
     DueScheduled, Failure, GenRow, Generated, ImportBatch, ImportCounts, ImportLookup,
     ImportSource, ImportTable, ImportValues, ImportedRow, InputScan, InvoiceRow, NewMessage,
@@ -69,6 +73,11 @@ fn ts(at: DateTime<Utc>) -> String {
 fn real(d: Duration) -> String {
     let now = crate::clock::real_now();
     ts(now.checked_add_signed(chrono::Duration::from_std(d).unwrap_or_default()).unwrap_or(now))
+}
+
+/// SQL written for both dialects (`$1`) in SQLite's numbered form (`?1`).
+fn numbered(sql: &str) -> String {
+    sql.replace('$', "?")
 }
 
 fn real_ns() -> i64 {
@@ -2009,6 +2018,176 @@ impl Store for SqliteStore {
         // Rowids need no care: a row inserted without an id gets one past the largest.
         w.commit().await?;
         Ok(counts)
+    }
+
+    async fn begin_pass(&self, start: &PassStart) -> Result<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO passes (command, host, pid, business_now, started_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+        )
+        .bind(start.command)
+        .bind(&start.host)
+        .bind(i64::from(start.pid))
+        .bind(start.business_now.map(ts))
+        .bind(ts(crate::clock::real_now()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn finish_pass(&self, id: i64, counts: &PassCounts, error: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "UPDATE passes SET finished_at = ?2, generated = ?3, sent = ?4, failed = ?5, \
+                 retried = ?6, deferred = ?7, cancelled = ?8, skipped = ?9, error = ?10 \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(ts(crate::clock::real_now()))
+        .bind(count(counts.generated))
+        .bind(count(counts.sent))
+        .bind(count(counts.failed))
+        .bind(count(counts.retried))
+        .bind(count(counts.deferred))
+        .bind(count(counts.cancelled))
+        .bind(count(counts.skipped))
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn pass_history(&self) -> Result<PassHistory> {
+        let mut out = PassHistory { real_now: crate::clock::real_now(), last: None, last_ok: None };
+        for (slot, filter) in [
+            (&mut out.last, ""),
+            (&mut out.last_ok, "WHERE finished_at IS NOT NULL AND error IS NULL"),
+        ] {
+            let row = sqlx::query(&format!(
+                "SELECT {PASS_COLUMNS} FROM passes {filter} ORDER BY started_at DESC, id DESC \
+                 LIMIT 1"
+            ))
+            .fetch_optional(&self.pool)
+            .await?;
+            *slot = row.map(|r| pass_record(&r)).transpose()?;
+        }
+        Ok(out)
+    }
+
+    async fn retry_failed(&self, select: &RetrySelect, now: DateTime<Utc>) -> Result<Retried> {
+        let mut w = Writer::begin(&self.pool).await?;
+        let (named, candidates): (Option<&[i64]>, Vec<RetryCandidate>) = match select {
+            RetrySelect::Ids(ids) => (
+                Some(ids),
+                sqlx::query_as(&format!(
+                    "SELECT {RETRY_COLUMNS} FROM messages m \
+                     WHERE m.id IN (SELECT value FROM json_each(?1)) ORDER BY m.id"
+                ))
+                .bind(serde_json::to_string(ids).unwrap_or_default())
+                .fetch_all(w.conn())
+                .await?,
+            ),
+            RetrySelect::FailedSince(since) => (
+                None,
+                sqlx::query_as(&format!(
+                    "SELECT {RETRY_COLUMNS} FROM messages m \
+                     WHERE m.status = 'failed' AND {FAILED_AT} >= ?1 ORDER BY m.id"
+                ))
+                .bind(ts(*since))
+                .fetch_all(w.conn())
+                .await?,
+            ),
+        };
+        let mut others = std::collections::HashMap::new();
+        for c in &candidates {
+            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                "SELECT id, channel, status, origin FROM messages \
+                 WHERE dedup_key = ?1 AND id <> ?2 AND status IN ('pending', 'sending', 'sent') \
+                 ORDER BY id",
+            )
+            .bind(&c.dedup_key)
+            .bind(c.id)
+            .fetch_all(w.conn())
+            .await?;
+            others.insert(c.id, rows);
+        }
+        let (chosen, refused) =
+            retry_plan(named, &candidates, &|c| others.get(&c.id).cloned().unwrap_or_default());
+        let at = ts(now);
+        for c in &chosen {
+            sqlx::query(
+                "INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
+                     error, at) \
+                 SELECT id, attempts, channel, provider, 'requeued', \
+                     'put back as pending by retry, after: ' || COALESCE(last_error, 'no reason'), \
+                     ?2 \
+                 FROM messages WHERE id = ?1",
+            )
+            .bind(c.id)
+            .bind(&at)
+            .execute(w.conn())
+            .await?;
+            sqlx::query(
+                "UPDATE messages SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
+                     claimed_until = NULL, claimed_by = NULL, last_error = NULL \
+                 WHERE id = ?1 AND status = 'failed'",
+            )
+            .bind(c.id)
+            .bind(&at)
+            .execute(w.conn())
+            .await?;
+            sqlx::query(
+                "UPDATE scheduled_messages SET status = 'processing' \
+                 WHERE status = 'failed' AND id = (SELECT subject_id FROM messages \
+                     WHERE id = ?1 AND kind = 'scheduled')",
+            )
+            .bind(c.id)
+            .execute(w.conn())
+            .await?;
+        }
+        w.commit().await?;
+        let retried =
+            chosen.iter().map(|c| (c.id, c.channel.clone(), c.recipient.clone())).collect();
+        Ok(Retried { retried, refused })
+    }
+
+    async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned> {
+        let keys = numbered(&prune_keys(
+            "CAST(substr(m.dedup_key, 11 + instr(substr(m.dedup_key, 11), ':')) AS INTEGER)",
+            "unixepoch(COALESCE(s.next_run_at, s.scheduled_at))",
+        ));
+        let mut w = Writer::begin(&self.pool).await?;
+        fn bind<'q>(
+            q: &'q str,
+            cut: &PruneCut,
+        ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+            sqlx::query(q)
+                .bind(ts(cut.before))
+                .bind(cut.dunning_due_until.to_string())
+                .bind(cut.visit_before.to_string())
+        }
+        let attempts = format!(
+            "DELETE FROM delivery_attempts WHERE message_id IN \
+             (SELECT id FROM messages WHERE dedup_key IN ({keys}))"
+        );
+        let attempts = bind(&attempts, cut).execute(w.conn()).await?.rows_affected();
+        let messages = format!("DELETE FROM messages WHERE dedup_key IN ({keys})");
+        let messages = bind(&messages, cut).execute(w.conn()).await?.rows_affected();
+        let real = crate::clock::real_now();
+        let passes_before = real
+            .checked_sub_signed(chrono::Duration::days(i64::from(cut.passes_days)))
+            .unwrap_or(real);
+        let passes = sqlx::query("DELETE FROM passes WHERE started_at < ?1")
+            .bind(ts(passes_before))
+            .execute(w.conn())
+            .await?
+            .rows_affected();
+        if dry_run {
+            // Dropping the writer rolls the transaction back.
+            drop(w);
+        } else {
+            w.commit().await?;
+        }
+        Ok(Pruned { messages, attempts, passes })
     }
 }
 

@@ -12,6 +12,7 @@ mod forecast;
 mod guarantees;
 mod import;
 mod manual;
+mod operations;
 mod operator;
 mod pass;
 mod providers;

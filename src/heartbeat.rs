@@ -1,0 +1,38 @@
+//! The push-monitor ping after each pass (`REMINDER_HEARTBEAT_URL`): Healthchecks.io and Uptime
+//! Kuma hear that the scheduler ran, and raise the alarm when it stops. The ping is a GET with a
+//! short timeout; whatever happens to it is logged and never changes the pass's outcome. Its URL
+//! is a credential, so neither it nor a `reqwest::Error` (which carries it) is ever printed.
+
+use std::time::Duration;
+
+use crate::config::Heartbeat;
+
+/// How long a ping may take, in all. A monitor that does not answer by then is not waited for.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Fetches the heartbeat URL: as configured after a pass that completed, with `/fail` after one
+/// that did not. Returns what went wrong, for the log; the caller carries on either way.
+pub async fn ping(heartbeat: &Heartbeat, ok: bool) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|_| format!("{heartbeat}: no HTTP client could be built"))?;
+    let reply = client.get(heartbeat.url(ok)).send().await.map_err(|e| {
+        let why = if e.is_timeout() {
+            format!("no answer within {} s", TIMEOUT.as_secs())
+        } else if e.is_connect() {
+            "could not connect".to_string()
+        } else {
+            "the request failed".to_string()
+        };
+        format!("{heartbeat} was not reached: {why}")
+    })?;
+    let status = reply.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{heartbeat} answered HTTP {}", status.as_u16()))
+    }
+}
