@@ -182,10 +182,56 @@ async fn one(pass: &Pass<'_>) -> anyhow::Result<PassReport> {
         report.generate = Some(generated);
     }
     if pass.mode != Mode::Generate && !pass.stop.requested() {
-        let delivered = if args.dry_run { delivery.preview().await } else { delivery.run().await };
+        let delivered = if args.dry_run {
+            delivery.preview().await
+        } else {
+            let progress = sending_progress(pass).await;
+            let delivered = delivery.run().await;
+            if let Some((bar, task)) = progress {
+                task.abort();
+                bar.finish();
+            }
+            delivered
+        };
         report.deliver = Some(delivered.context("delivery failed")?);
     }
     Ok(report)
+}
+
+/// Fewer due messages than this go out without a progress bar.
+const PROGRESS_FROM: u64 = 200;
+
+/// A progress bar for a large send, on a terminal only: the due messages of the configured
+/// routes, counted down from the store twice a second, so delivery itself does not wait on it.
+async fn sending_progress(
+    pass: &Pass<'_>,
+) -> Option<(crate::progress::Progress, tokio::task::JoinHandle<()>)> {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let routes: Vec<_> = pass.registry.routes().map(|(r, _)| r.clone()).collect();
+    let now = pass.clock.now();
+    let mut total = 0;
+    for route in &routes {
+        total += pass.store.count_due(route, now).await.ok()?;
+    }
+    if total < PROGRESS_FROM {
+        return None;
+    }
+    let bar = crate::progress::Progress::new("sending", total, crate::progress::Unit::Items);
+    let (store, shown) = (pass.store.clone(), bar.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut left = 0;
+            for route in &routes {
+                left += store.count_due(route, now).await.unwrap_or(0);
+            }
+            shown.set(total.saturating_sub(left));
+        }
+    });
+    Some((bar, task))
 }
 
 /// `--every`: one pass per interval on the real clock, never two at once, until SIGTERM or

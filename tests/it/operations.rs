@@ -333,7 +333,8 @@ async fn retry_body(db: &TestDb) {
     );
     assert_eq!(db.int(&requeued).await, 1);
     assert_eq!(
-        db.int(&format!("SELECT count(*) FROM messages WHERE id = {sari} AND status = \'failed\'")).await,
+        db.int(&format!("SELECT count(*) FROM messages WHERE id = {sari} AND status = \'failed\'"))
+            .await,
         1
     );
 
@@ -395,7 +396,10 @@ async fn retry_fallback_body(db: &TestDb) {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("its reminder was sent on telegram"), "{}", stdout(&out));
     assert_eq!(
-        db.int(&format!("SELECT count(*) FROM messages WHERE id = {failed} AND status = \'failed\'")).await,
+        db.int(&format!(
+            "SELECT count(*) FROM messages WHERE id = {failed} AND status = \'failed\'"
+        ))
+        .await,
         1
     );
 }
@@ -464,4 +468,51 @@ async fn prune_body(db: &TestDb) {
     // Younger than the cut: kept even when it can never come again.
     let out = db.run(&["prune", "--older-than", "30", "--json", "--now", at], &env).await;
     assert_eq!(json_of(&out)["messages"], 0);
+}
+
+/// A large send draws a progress bar on a terminal, and nothing of it where cron or a pipe reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_send_shows_progress_on_a_terminal_only() {
+    if !crate::helpers::have_tool("script", "the progress bar on a terminal") {
+        return;
+    }
+    let db = TestDb::sqlite().await;
+    many_due(&db, 450).await;
+    let sink = Sink::start(Duration::from_millis(10)).await;
+    let mut env = twilio_env(&sink.uri());
+    env.push(("REMINDER_CONCURRENCY", "2".to_string()));
+    env.push(("LOG_LEVEL", "warn".to_string()));
+    db.pass(&["generate", "--now", T3_NOW], &pairs(&env)).await;
+    // 250 of them through a pipe: no bar.
+    db.exec("UPDATE messages SET next_attempt_at = '2030-01-01T00:00:00.000Z' WHERE id > 250")
+        .await;
+    let out = db.run(&["send", "--now", "2025-11-17T09:01:00+07:00"], &pairs(&env)).await;
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(!stderr(&out).contains("sending ["), "a bar in a pipe");
+    assert_eq!(sink.count(), 250);
+    db.exec("UPDATE messages SET next_attempt_at = '2025-11-17T02:00:00.000Z' WHERE id > 250")
+        .await;
+
+    // The other 200 on a terminal (`script` gives the binary one).
+    let binary = env!("CARGO_BIN_EXE_reminderctl");
+    let mut cmd = tokio::process::Command::new("script");
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("REMINDER_SEND_WINDOW", "00:00-24:00")
+        .env("NO_COLOR", "1")
+        .env("TERM", "xterm")
+        .current_dir(db.dir.path())
+        .args(["-qec", &format!("{binary} send --now 2025-11-17T09:02:00+07:00"), "/dev/null"])
+        .kill_on_drop(true);
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("script");
+    assert!(out.status.success(), "{:?}", out.status);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let head: String = shown.chars().take(600).collect();
+    assert!(shown.contains("sending ["), "no bar: {head:?}");
+    assert_eq!(sink.count(), 450);
+    assert!(sink.per_recipient().values().all(|n| *n == 1));
 }
