@@ -1037,7 +1037,7 @@ mod tests {
         );
         let w = unknown_setting("REMINDER_TIMEZON", true, ".env line 2").unwrap();
         assert!(w.ends_with("did you mean REMINDER_TIMEZONE?"), "{w}");
-        let w = unknown_setting("REMINDER_HEARTBEAT_URL", false, "the environment").unwrap();
+        let w = unknown_setting("REMINDER_PAGER_ENDPOINT", false, "the environment").unwrap();
         assert!(w.contains("the closest known setting is REMINDER_"), "{w}");
         assert_eq!(unknown_setting("REMINDER_TIMEZONE", false, "the environment"), None);
     }
