@@ -550,9 +550,9 @@ pub fn seed_text(counts: &SeedCounts, reset: bool) -> String {
 /// `10 min`, `90 s`, `2 h`: a duration as the status line says it.
 fn human_duration(d: std::time::Duration) -> String {
     let secs = d.as_secs();
-    if secs % 3600 == 0 && secs >= 3600 {
+    if secs.is_multiple_of(3600) && secs >= 3600 {
         format!("{} h", secs / 3600)
-    } else if secs % 60 == 0 && secs >= 60 {
+    } else if secs.is_multiple_of(60) && secs >= 60 {
         format!("{} min", secs / 60)
     } else {
         format!("{secs} s")

@@ -68,7 +68,7 @@ pub(crate) struct Setup {
 /// mistake stops the command with one error naming the variable or file, and nothing is
 /// generated or sent.
 pub(crate) async fn setup(common: &Common, env: HashMap<String, String>) -> anyhow::Result<Setup> {
-    let Configured { settings, templates, registry } = configure(common, env)?;
+    let Configured { settings, templates, registry } = configure(common, &env)?;
     let clock = common.now.map_or_else(Clock::system, Clock::starting_at);
     let store = open(&settings, common).await?;
     Ok(Setup { settings, templates, registry, clock, store })
@@ -84,9 +84,9 @@ pub(crate) struct Configured {
 /// Settings, templates and channels, checked: see [`setup`].
 pub(crate) fn configure(
     common: &Common,
-    env: HashMap<String, String>,
+    env: &HashMap<String, String>,
 ) -> anyhow::Result<Configured> {
-    let settings = Settings::load(&env, common.database_url.as_deref()).context("configuration")?;
+    let settings = Settings::load(env, common.database_url.as_deref()).context("configuration")?;
     // Said before the check: a misnamed file is an override that is silently not used.
     if let Some(dir) = &settings.template_dir {
         let known: Vec<&str> = Templates::names().collect();

@@ -249,7 +249,7 @@ async fn every_interval(
             anyhow::ensure!(d >= Duration::from_secs(1), "--every: must be at least 1s");
             Ok(d)
         })?;
-    let configured = super::configure(&args.common, env)?;
+    let configured = super::configure(&args.common, &env)?;
     let stop = Arc::new(Stop::default());
     let signals = tokio::spawn(stop_on_signal(stop.clone()));
     let began = Instant::now();

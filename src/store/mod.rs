@@ -985,6 +985,9 @@ pub(crate) const RETRY_COLUMNS: &str = "m.id, m.status, m.dedup_key, m.channel, 
 pub(crate) const FAILED_AT: &str =
     "COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), m.created_at)";
 
+/// Another row of a retry candidate's occurrence: id, channel, status, origin.
+pub(crate) type Sibling = (i64, String, String, String);
+
 /// A retry candidate as read back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct RetryCandidate {
@@ -1004,7 +1007,7 @@ pub(crate) struct RetryCandidate {
 pub(crate) fn retry_plan<'a>(
     named: Option<&[i64]>,
     candidates: &'a [RetryCandidate],
-    others: &dyn Fn(&RetryCandidate) -> Vec<(i64, String, String, String)>,
+    others: &dyn Fn(&RetryCandidate) -> Vec<Sibling>,
 ) -> (Vec<&'a RetryCandidate>, Vec<(i64, String)>) {
     let mut refused = Vec::new();
     if let Some(ids) = named {

@@ -2151,11 +2151,6 @@ impl Store for SqliteStore {
     }
 
     async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned> {
-        let keys = numbered(&prune_keys(
-            "CAST(substr(m.dedup_key, 11 + instr(substr(m.dedup_key, 11), ':')) AS INTEGER)",
-            "unixepoch(COALESCE(s.next_run_at, s.scheduled_at))",
-        ));
-        let mut w = Writer::begin(&self.pool).await?;
         fn bind<'q>(
             q: &'q str,
             cut: &PruneCut,
@@ -2165,6 +2160,11 @@ impl Store for SqliteStore {
                 .bind(cut.dunning_due_until.to_string())
                 .bind(cut.visit_before.to_string())
         }
+        let keys = numbered(&prune_keys(
+            "CAST(substr(m.dedup_key, 11 + instr(substr(m.dedup_key, 11), ':')) AS INTEGER)",
+            "unixepoch(COALESCE(s.next_run_at, s.scheduled_at))",
+        ));
+        let mut w = Writer::begin(&self.pool).await?;
         let attempts = format!(
             "DELETE FROM delivery_attempts WHERE message_id IN \
              (SELECT id FROM messages WHERE dedup_key IN ({keys}))"
