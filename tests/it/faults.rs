@@ -97,6 +97,45 @@ async fn a_write_lock_held_past_the_busy_timeout_halts_sending_and_repeats_nothi
     assert_eq!(statuses(&db).await, "sent=60");
 }
 
+/// The same fault under `send --every`: the pass that meets the lock halts, and a later pass of
+/// the same process (whose connections met the failed writes) writes the journal and sends the
+/// rest. Nobody gets a reminder twice, and the loop never exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_that_meets_a_held_write_lock_recovers_in_the_same_process() {
+    if !have_tool("python3", "the SQLite write-lock test") {
+        return;
+    }
+    let db = TestDb::sqlite().await;
+    many_due(&db, 60).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let mut child = db
+        .command(&["send", "--every", "2s", "--now", T3_NOW], &pairs(&env))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    sink.wait_for(8, Duration::from_secs(20)).await;
+    let mut locker = hold_write_lock(&db.sqlite_path(), 12.0).await;
+    let _ = locker.wait().await;
+    sink.wait_for(60, Duration::from_secs(60)).await;
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while statuses(&db).await != "sent=60" {
+        assert!(std::time::Instant::now() < until, "{}", statuses(&db).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::helpers::signal(&child, "TERM");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
+    }
+    let status = child.wait().await.expect("wait");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("stopped early"), "the lock never halted a pass: {err}");
+    each_once(&sink, 60);
+    assert_eq!(sink.count(), 60);
+}
+
 /// A small tmpfs of our own, unmounted on drop.
 struct Tmpfs {
     dir: tempfile::TempDir,
