@@ -370,3 +370,55 @@ async fn telegram_body(db: &TestDb) {
     assert_eq!(db.text("SELECT provider_message_id FROM messages").await.as_deref(), Some("777"));
     assert_eq!(db.text("SELECT recipient FROM messages").await.as_deref(), Some("42"));
 }
+
+both!(the_send_window_is_checked_again_before_each_send, window_recheck_body);
+async fn window_recheck_body(db: &TestDb) {
+    for i in 0..12 {
+        contact(db, &format!("P{i}"), &format!("08121000{i:04}"), "whatsapp").await;
+        invoice(db, i + 1, &format!("INV-{i}"), "2025-11-20").await;
+    }
+    // Each request takes 3 s; the window closes 2 s into the pass. The first REMINDER_CONCURRENCY
+    // sends start inside it; what was claimed with them must not start once it has closed.
+    let server = twilio(created().set_delay(Duration::from_secs(3))).await;
+    let mut env = twilio_env(&server.uri());
+    env.push(("REMINDER_SEND_WINDOW", "08:00-20:00".to_string()));
+    env.push(("REMINDER_CONCURRENCY", "4".to_string()));
+    let doc = db.pass(&["run", "--now", "2025-11-17T19:59:58+07:00"], &pairs(&env)).await;
+    let got = server.received_requests().await.unwrap_or_default().len();
+    assert_eq!(got, 4, "{doc}");
+    assert_eq!(count(&doc, "sent"), 4, "{doc}");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 8);
+    assert_eq!(
+        db.int("SELECT count(*) FROM messages WHERE attempts > 0 AND status = 'pending'").await,
+        0
+    );
+    assert!(doc.to_string().contains("the send window closed during the pass"), "{doc}");
+}
+
+both!(status_says_when_the_rate_limit_holds_messages, rate_held_body);
+async fn rate_held_body(db: &TestDb) {
+    for i in 0..3 {
+        contact(db, &format!("P{i}"), &format!("08121000{i:04}"), "whatsapp").await;
+        invoice(db, i + 1, &format!("INV-{i}"), "2025-11-20").await;
+    }
+    let server = twilio(created()).await;
+    let mut env = twilio_env(&server.uri());
+    env.retain(|(k, _)| *k != "REMINDER_WHATSAPP_RATE");
+    env.push(("REMINDER_WHATSAPP_RATE", "1/min".to_string()));
+    env.push(("REMINDER_PASS_SECONDS", "2".to_string()));
+    let doc = db.pass(&["run", "--now", "2025-11-17T09:00:00+07:00"], &pairs(&env)).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    let out = db.run(&["status", "--json"], &pairs(&env)).await;
+    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let wa = status["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|r| r["channel"] == "whatsapp" && r["connection"].is_null()))
+        .cloned()
+        .unwrap_or_default();
+    let wait = wa["rate_limit_wait_seconds"].as_f64().unwrap_or(0.0);
+    assert!(wait > 30.0 && wait <= 60.0, "{wa}");
+    assert_eq!(wa["due"], 2, "{wa}");
+    let out = db.run(&["status"], &pairs(&env)).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("held by the rate limit: next send slot in"), "{text}");
+}
