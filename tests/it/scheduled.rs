@@ -632,3 +632,141 @@ async fn existing_scheduled_rows_are_migrated_to_seed_004s_vocabulary() {
         .await;
     assert_eq!(result, expected);
 }
+
+both!(media_caption_and_channel_edited_after_queueing_are_what_goes_out, media_edit_body);
+async fn media_edit_body(db: &TestDb) {
+    three_contacts(db).await;
+    // `--database-url` wins over DATABASE_URL (which points nowhere useful here).
+    let elsewhere = [("DATABASE_URL", "sqlite:not-this-one.db")];
+    let add = |body: &'static str, extra: &'static [&'static str]| {
+        let mut args = vec![
+            "schedule",
+            "add",
+            "--contact",
+            "1",
+            "--at",
+            "2025-11-17 08:00",
+            "--body",
+            body,
+            "--database-url",
+            &db.url,
+            "--json",
+            "--now",
+            "2025-11-17T07:00:00+07:00",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let out = db
+        .run(
+            &add("", &["--media-url", "https://example.com/a.jpg", "--caption", "Brosur"]),
+            &elsewhere,
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = db.run(&add("Halo {{ name }}", &[]), &elsewhere).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(db.int("SELECT count(*) FROM scheduled_messages").await, 2);
+    assert!(!db.dir.path().join("not-this-one.db").exists());
+    let row =
+        db.text("SELECT media_url || ' ' || caption FROM scheduled_messages WHERE id = 1").await;
+    assert_eq!(row.as_deref(), Some("https://example.com/a.jpg Brosur"));
+
+    // Queued while no provider is configured, then edited before it went out.
+    db.pass(&["generate", "--now", NOW], &[]).await;
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 2);
+    let edit = db
+        .run(
+            &[
+                "schedule",
+                "edit",
+                "1",
+                "--media-url",
+                "https://example.com/b.pdf",
+                "--caption",
+                "Brosur baru",
+                "--json",
+                "--now",
+                "2025-11-17T07:30:00+07:00",
+            ],
+            &[],
+        )
+        .await;
+    assert!(edit.status.success(), "{}", text(&edit));
+    let edit = db
+        .run(
+            &[
+                "schedule",
+                "edit",
+                "2",
+                "--channel",
+                "telegram",
+                "--json",
+                "--now",
+                "2025-11-17T07:30:00+07:00",
+            ],
+            &[],
+        )
+        .await;
+    assert!(edit.status.success(), "{}", text(&edit));
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(crate::helpers::TWILIO_PATH))
+        .respond_with(twilio_ok("SM1"))
+        .mount(&server)
+        .await;
+    let mut env = crate::helpers::twilio_env(&server.uri());
+    env.push(("TELEGRAM_PROVIDER", "log".to_string()));
+    let doc = db.pass(&["send", "--now", NOW], &pairs(&env)).await;
+    let requests = server.received_requests().await.unwrap_or_default();
+    assert_eq!(requests.len(), 1, "{doc}");
+    let form = String::from_utf8_lossy(&requests[0].body).to_string();
+    assert!(form.contains("MediaUrl=https%3A%2F%2Fexample.com%2Fb.pdf"), "{form}");
+    assert!(form.contains("Brosur+baru"), "{form}");
+    assert!(!form.contains("a.jpg"), "{form}");
+    // The second went on the channel it was moved to.
+    let sent_on =
+        db.text("SELECT channel FROM messages WHERE subject_id = 2 AND status = 'sent'").await;
+    assert_eq!(sent_on.as_deref(), Some("telegram"), "{doc}");
+}
+
+both!(a_named_connection_keeps_its_own_quota_and_rate, connection_limits_body);
+async fn connection_limits_body(db: &TestDb) {
+    three_contacts(db).await;
+    db.exec("UPDATE contacts SET whatsapp_connection = 'gudang'").await;
+    for id in 1..=3 {
+        invoice(db, id, &format!("INV-{id}"), "2025-11-20").await;
+    }
+    let default = Sink::start(Duration::ZERO).await;
+    let gudang = Sink::start(Duration::ZERO).await;
+    let mut env = two_numbers(&default.uri(), &gudang.uri());
+    env.push(("WHATSAPP_GUDANG_MONTHLY_QUOTA", "1".to_string()));
+    let doc = db.pass(&["run", "--now", NOW], &pairs(&env)).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    assert_eq!((default.count(), gudang.count()), (0, 1));
+    let status = db.pass(&["status"], &pairs(&env)).await;
+    let route = status["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|r| r["connection"] == "gudang"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(route["monthly_quota"]["limit"], 1, "{route}");
+    assert_eq!(route["monthly_quota"]["used"], 1, "{route}");
+    assert_eq!(route["due"], 2, "{route}");
+
+    // Without the quota, its own rate (one a minute) holds it; the default's stays unlimited.
+    env.retain(|(k, _)| !k.starts_with("WHATSAPP_GUDANG_MONTHLY") && *k != "WHATSAPP_GUDANG_RATE");
+    env.push(("WHATSAPP_GUDANG_RATE", "1/min".to_string()));
+    env.push(("REMINDER_PASS_SECONDS", "2".to_string()));
+    let doc = db.pass(&["send", "--now", NOW], &pairs(&env)).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    assert_eq!(gudang.count(), 2);
+    let status = db.pass(&["status"], &pairs(&env)).await;
+    let route = status["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|r| r["connection"] == "gudang"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(route["rate_limit_wait_seconds"].as_f64().unwrap_or(0.0) > 30.0, "{route}");
+}
