@@ -486,6 +486,19 @@ fn corpus() -> Vec<Case> {
             "scheduled_at",
             vec![(Sqlite("'tomorrow', next_run_at = '2025-11-17 08:00:00'"), Unreadable)],
         ),
+        // Columns no rule reads to decide or to write the text: whatever they hold, the
+        // reminder goes out.
+        (
+            "invoices",
+            "paid_at",
+            vec![(Sqlite("'kemarin'"), Sent), (Sqlite("X'ff'"), Sent), (Sqlite("42"), Sent)],
+        ),
+        (
+            "scheduled_messages",
+            "created_by",
+            vec![(t("budi\u{1b}[2J"), Sent), (Sqlite("X'ff'"), Sent), (Sqlite("7"), Sent)],
+        ),
+        ("scheduled_messages", "caption", vec![(t("Brosur 😀"), Sent), (Sqlite("12"), Sent)]),
     ];
     groups
         .into_iter()
