@@ -15,5 +15,6 @@ mod manual;
 mod operator;
 mod pass;
 mod providers;
+mod rates;
 mod scheduled;
 mod smtp;
