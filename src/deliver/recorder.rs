@@ -1,5 +1,7 @@
 //! Writing results back. Results gather into batches (a statement per result costs the
-//! database more than the result itself) and two writes may run at once. A sender waits for its
+//! database more than the result itself) and two writes may run at once. A batch is whatever
+//! arrived while both writers were busy (group commit): nothing waits for company, so under
+//! load the batches grow by themselves and a lone result is written at once. A sender waits for its
 //! result to be stored before it gives up its delivery slot, which is what bounds a crash to
 //! `REMINDER_CONCURRENCY` messages of unknown fate.
 //!
@@ -22,8 +24,6 @@ use crate::store::Store;
 const RECORD_BATCH: usize = 512;
 /// Result writes running at once: while one commits, the next batch fills.
 const RECORD_WRITERS: usize = 2;
-/// How long a result write waits for more results to join it.
-const RECORD_LINGER: Duration = Duration::from_millis(2);
 /// Retries of a write that failed quickly (a dropped connection, a brief error), and how long
 /// they may go on, before the pass halts. A write that failed slowly (it waited out the
 /// database's busy timeout) is not retried: the database is not taking writes.
@@ -123,18 +123,21 @@ async fn run(
     let journal = Arc::new(journal);
     let mut writes: JoinSet<Written> = JoinSet::new();
     let mut total = Written::default();
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let linger = tokio::time::Instant::now() + RECORD_LINGER;
-        while batch.len() < RECORD_BATCH {
-            match tokio::time::timeout_at(linger, rx.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                Ok(None) | Err(_) => break,
-            }
-        }
+    loop {
+        // A writer is free first, and only then the batch is taken: results that arrive while
+        // every writer is busy join the next batch (group commit), and a result that finds a
+        // writer free is written at once instead of lingering for company.
         while writes.len() >= RECORD_WRITERS {
             if let Some(Ok(w)) = writes.join_next().await {
                 total.add(w);
+            }
+        }
+        let Some(first) = rx.recv().await else { break };
+        let mut batch = vec![first];
+        while batch.len() < RECORD_BATCH {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
         }
         writes.spawn(write_batch(

@@ -290,10 +290,17 @@ const CLAIM_CONTEXT: &str = "cl.id, cl.kind, cl.subject_id, cl.stage, cl.event_d
     sm.media_url AS s_media_url, sm.channel AS s_channel, sm.scheduled_at AS s_scheduled_at, \
     sm.recurrence AS s_recurrence";
 
-const CLAIM_JOINS: &str = "LEFT JOIN contacts c ON c.id = cl.contact_id \
-    LEFT JOIN invoices i ON cl.kind = 'dunning' AND i.id = cl.subject_id \
-    LEFT JOIN vehicles v ON cl.kind = 'maintenance' AND v.id = cl.subject_id \
-    LEFT JOIN scheduled_messages sm ON cl.kind = 'scheduled' AND sm.id = cl.subject_id";
+/// Each claimed row looks up its own contact and subject by primary key. `OFFSET 0` keeps the
+/// planner from turning the lookups into hash joins, which read the whole of `invoices` and
+/// `contacts` for every batch: a claim would then cost as much as the input tables are big.
+const CLAIM_JOINS: &str = "LEFT JOIN LATERAL (SELECT * FROM contacts c \
+        WHERE c.id = cl.contact_id OFFSET 0) c ON true \
+    LEFT JOIN LATERAL (SELECT * FROM invoices i \
+        WHERE cl.kind = 'dunning' AND i.id = cl.subject_id OFFSET 0) i ON true \
+    LEFT JOIN LATERAL (SELECT * FROM vehicles v \
+        WHERE cl.kind = 'maintenance' AND v.id = cl.subject_id OFFSET 0) v ON true \
+    LEFT JOIN LATERAL (SELECT * FROM scheduled_messages sm \
+        WHERE cl.kind = 'scheduled' AND sm.id = cl.subject_id OFFSET 0) sm ON true";
 
 /// One typed input value; a decode failure is that row's reason, not the claim's.
 fn cell<'r, T>(row: &'r PgRow, col: &str, at: (&'static str, i64, &'static str)) -> Cell<T>
@@ -731,15 +738,23 @@ impl Store for PgStore {
         // by another pass between the two may no longer be due. Rows whose lease ran out on the
         // server's clock come first: they are the oldest work.
         let kinds = if request.only_scheduled { " AND kind = 'scheduled'" } else { "" };
+        // The default route is `IS NULL`, never `IS NOT DISTINCT FROM $6`: the cached generic
+        // plan cannot estimate the latter, takes it for one row, and then reads and sorts every
+        // pending message instead of the head of `messages_pending`.
+        let connection = if request.route.connection.is_some() {
+            "connection = $6"
+        } else {
+            "connection IS NULL"
+        };
         let sql = format!(
             "WITH expired AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND connection IS NOT DISTINCT FROM $6 \
+                 WHERE channel = $1 AND {connection} \
                    AND status = 'sending' AND claimed_until <= now(){kinds} \
                  ORDER BY claimed_until LIMIT $3 FOR UPDATE SKIP LOCKED \
              ), waiting AS MATERIALIZED ( \
                  SELECT id FROM messages \
-                 WHERE channel = $1 AND connection IS NOT DISTINCT FROM $6 \
+                 WHERE channel = $1 AND {connection} \
                    AND status = 'pending' AND next_attempt_at <= $2{kinds} \
                  ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED \
              ), due AS ( \
@@ -757,15 +772,16 @@ impl Store for PgStore {
              SELECT {CLAIM_CONTEXT} FROM cl {CLAIM_JOINS} ORDER BY cl.id"
         );
         let mut p = self.primary().await?;
-        let rows = sqlx::query(&sql)
+        let mut query = sqlx::query(&sql)
             .bind(request.route.channel.as_str())
             .bind(request.now)
             .bind(request.limit)
             .bind(request.token)
-            .bind(millis(request.lease))
-            .bind(request.route.connection.as_deref())
-            .fetch_all(p.conn()?)
-            .await?;
+            .bind(millis(request.lease));
+        if let Some(connection) = request.route.connection.as_deref() {
+            query = query.bind(connection);
+        }
+        let rows = query.fetch_all(p.conn()?).await?;
         p.done();
         Ok(rows.iter().map(claimed).collect())
     }
@@ -801,6 +817,10 @@ impl Store for PgStore {
         let w: Vec<Written<'_>> = outcomes.iter().map(Written::from).collect();
         let text = |f: &dyn Fn(&Written<'_>) -> Option<String>| w.iter().map(f).collect::<Vec<_>>();
         let mut c = self.pooled().await?;
+        // "Still ours" is written as a CASE so that no partial index on `status` can serve it:
+        // the planner would otherwise hash-join the batch against every message in `sending`
+        // (all that this and every other pass hold), where a primary-key lookup per result is
+        // what a result write needs.
         let rows = sqlx::query(
             "WITH v AS ( \
                  SELECT * FROM UNNEST($2::bigint[], $3::int[], $4::int[], $5::text[], $6::text[], \
@@ -820,7 +840,8 @@ impl Store for PgStore {
                      body = COALESCE(v.body, m.body), \
                      sent_at = COALESCE(v.sent_at, m.sent_at), \
                      claimed_by = NULL, claimed_until = NULL \
-                 FROM v WHERE m.id = v.id AND m.claimed_by = $1 AND m.status = 'sending' \
+                 FROM v WHERE m.id = v.id \
+                     AND CASE WHEN m.claimed_by = $1 THEN m.status END = 'sending' \
                  RETURNING m.id \
              ), sched AS ( \
                  UPDATE scheduled_messages s SET status = CASE WHEN s.status = 'cancelled' THEN 'cancelled' \

@@ -281,9 +281,9 @@ async fn kill_body(db: &TestDb) {
     sink.wait_for(20, Duration::from_secs(20)).await;
     child.kill().await.expect("kill -9");
     assert!(db.int("SELECT count(*) FROM messages WHERE status = 'sending'").await > 0);
-    // After the lease (the 1 s request timeout × (2 + 4 per delivery slot)), the next pass
-    // delivers the rest.
-    tokio::time::sleep(Duration::from_millis(6500)).await;
+    // After the lease (the 1 s request timeout × (2 + 8 per delivery slot): a batch of 16 and
+    // the batch queued ahead of it), the next pass delivers the rest.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
     db.pass(&["send", "--now", T3_NOW], &pairs(&env)).await;
     assert_eq!(statuses(db).await, "sent=100");
     let per = sink.per_recipient();

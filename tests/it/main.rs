@@ -16,5 +16,6 @@ mod operations;
 mod operator;
 mod pass;
 mod providers;
+mod rates;
 mod scheduled;
 mod smtp;
