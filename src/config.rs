@@ -412,7 +412,9 @@ const PREFIX: &str = "REMINDER_";
 /// name, and (in `.env`, where every line is meant for someone) a name one or two edits away
 /// from a known one. Other variables belong to other programs and are left alone.
 fn unknown_setting(name: &str, in_dotenv: bool, origin: &str) -> Option<String> {
-    if KNOWN_VARIABLES.contains(&name) {
+    // Only these can warn; every other variable of the process is passed over without
+    // comparing it with every known name.
+    if KNOWN_VARIABLES.contains(&name) || !(in_dotenv || name.starts_with(PREFIX)) {
         return None;
     }
     let (closest, distance) = KNOWN_VARIABLES
