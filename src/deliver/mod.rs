@@ -215,6 +215,16 @@ impl Delivery<'_> {
             }
         }
         lines.extend(self.unrouted(now).await?);
+        if !round.is_empty() && !self.store.has_open_messages().await? {
+            // Nothing to claim on any route: each says so without opening a lane.
+            for (route, provider) in round.drain(..) {
+                lines.push(ChannelLine {
+                    channel: route.to_string(),
+                    provider: Some(provider.provider().to_string()),
+                    ..ChannelLine::default()
+                });
+            }
+        }
         let token = claim_token();
         let halt = Arc::new(Halt::default());
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));

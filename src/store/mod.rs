@@ -897,6 +897,10 @@ pub trait Store: Send + Sync {
         batches: &mut ImportSource<'_>,
     ) -> Result<ImportCounts>;
 
+    /// Whether any message is pending or being sent: with none, delivery has nothing to claim
+    /// and opens no lane (an idle tick then costs one connection, not one per channel).
+    async fn has_open_messages(&self) -> Result<bool>;
+
     /// Records that a pass started (on the real clock); returns its id.
     async fn begin_pass(&self, start: &PassStart) -> Result<i64>;
 
@@ -914,6 +918,10 @@ pub trait Store: Send + Sync {
     /// Deletes what `cut` allows (in one transaction); a dry run counts it and deletes nothing.
     async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned>;
 }
+
+/// [`Store::has_open_messages`], in SQL both dialects accept.
+pub(crate) const OPEN_MESSAGES: &str = "SELECT count(*) FROM (SELECT 1 FROM messages \
+    WHERE status IN ('pending', 'sending') LIMIT 1) x";
 
 /// The columns of `passes` that [`PassRecord`] reads.
 pub(crate) const PASS_COLUMNS: &str = "id, command, host, pid, business_now, started_at, \

@@ -17,7 +17,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
     count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart, PruneCut,
-    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, PASS_COLUMNS, RETRY_COLUMNS,
+    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, OPEN_MESSAGES, PASS_COLUMNS,
+    RETRY_COLUMNS,
 };
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
@@ -1572,8 +1573,15 @@ impl Store for PgStore {
         Ok(counts)
     }
 
+    async fn has_open_messages(&self) -> Result<bool> {
+        let mut p = self.primary().await?;
+        let n: i64 = sqlx::query_scalar(OPEN_MESSAGES).fetch_one(p.conn()?).await?;
+        p.done();
+        Ok(n > 0)
+    }
+
     async fn begin_pass(&self, start: &PassStart) -> Result<i64> {
-        let mut c = self.pooled().await?;
+        let mut p = self.primary().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO passes (command, host, pid, business_now, started_at) \
              VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING id",
@@ -1582,14 +1590,14 @@ impl Store for PgStore {
         .bind(&start.host)
         .bind(i64::from(start.pid))
         .bind(start.business_now)
-        .fetch_one(c.conn())
+        .fetch_one(p.conn()?)
         .await?;
-        c.done();
+        p.done();
         Ok(id)
     }
 
     async fn finish_pass(&self, id: i64, counts: &PassCounts, error: Option<&str>) -> Result<()> {
-        let mut c = self.pooled().await?;
+        let mut p = self.primary().await?;
         sqlx::query(
             "UPDATE passes SET finished_at = clock_timestamp(), generated = $2, sent = $3, \
                  failed = $4, retried = $5, deferred = $6, cancelled = $7, skipped = $8, \
@@ -1605,16 +1613,16 @@ impl Store for PgStore {
         .bind(count(counts.cancelled))
         .bind(count(counts.skipped))
         .bind(error)
-        .execute(c.conn())
+        .execute(p.conn()?)
         .await?;
-        c.done();
+        p.done();
         Ok(())
     }
 
     async fn pass_history(&self) -> Result<PassHistory> {
-        let mut c = self.pooled().await?;
+        let mut p = self.primary().await?;
         let real_now: DateTime<Utc> =
-            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(c.conn()).await?;
+            sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(p.conn()?).await?;
         let mut out = PassHistory { real_now, last: None, last_ok: None };
         for (slot, filter) in [
             (&mut out.last, ""),
@@ -1624,11 +1632,11 @@ impl Store for PgStore {
                 "SELECT {PASS_COLUMNS} FROM passes {filter} ORDER BY started_at DESC, id DESC \
                  LIMIT 1"
             ))
-            .fetch_optional(c.conn())
+            .fetch_optional(p.conn()?)
             .await?;
             *slot = row.map(|r| pass_record(&r)).transpose()?;
         }
-        c.done();
+        p.done();
         Ok(out)
     }
 

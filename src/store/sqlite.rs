@@ -27,7 +27,8 @@ use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRe
 
 use super::{
     count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart, PruneCut,
-    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, PASS_COLUMNS, RETRY_COLUMNS,
+    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, OPEN_MESSAGES, PASS_COLUMNS,
+    RETRY_COLUMNS,
 };
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
@@ -2023,6 +2024,11 @@ impl Store for SqliteStore {
         // Rowids need no care: a row inserted without an id gets one past the largest.
         w.commit().await?;
         Ok(counts)
+    }
+
+    async fn has_open_messages(&self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(OPEN_MESSAGES).fetch_one(&self.pool).await?;
+        Ok(n > 0)
     }
 
     async fn begin_pass(&self, start: &PassStart) -> Result<i64> {
