@@ -1030,6 +1030,42 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_as_people_write_them() {
+        for (raw, secs) in [
+            ("30s", 30),
+            ("1m", 60),
+            ("10m", 600),
+            ("1h", 3600),
+            ("1h30m", 5400),
+            ("90", 90),
+            (" 2H ", 7200),
+            ("1d", 86_400),
+        ] {
+            assert_eq!(parse_duration(raw), Ok(Duration::from_secs(secs)), "{raw}");
+        }
+        for raw in ["", "soon", "1x", "m", "1m30", "-1m", "99999999999999999999h"] {
+            assert!(parse_duration(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_fails_on_the_path_keeps_its_query_and_shows_only_its_host() {
+        let hc = Heartbeat::parse("https://hc-ping.com/5f3a-uuid/").unwrap();
+        assert_eq!(hc.url(true), "https://hc-ping.com/5f3a-uuid");
+        assert_eq!(hc.url(false), "https://hc-ping.com/5f3a-uuid/fail");
+        let kuma =
+            Heartbeat::parse("https://kuma.example.com/api/push/tok?status=up&msg=OK").unwrap();
+        assert_eq!(kuma.url(false), "https://kuma.example.com/api/push/tok/fail?status=up&msg=OK");
+        for shown in [format!("{hc}"), format!("{hc:?}"), format!("{kuma:?}")] {
+            assert!(!shown.contains("5f3a") && !shown.contains("tok"), "{shown}");
+        }
+        assert!(Heartbeat::parse("hc-ping.com/5f3a").is_err());
+        assert!(Heartbeat::parse("ftp://hc-ping.com/5f3a").is_err());
+        let e = Heartbeat::parse("x 5f3a-secret").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("REMINDER_HEARTBEAT_URL") && !e.contains("5f3a"), "{e}");
+    }
+
+    #[test]
     fn a_typo_in_a_reminder_setting_names_the_closest_known_one() {
         let w = unknown_setting("REMINDER_WHATSAPP_RAET", false, "the environment").unwrap();
         assert_eq!(
