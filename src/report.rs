@@ -12,17 +12,7 @@ use crate::generate::GenerateReport;
 use crate::store::{GenRow, PassHistory, PassRecord, SeedCounts, StatusData};
 
 /// The counts every pass reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Totals {
-    pub generated: u64,
-    pub sent: u64,
-    pub failed: u64,
-    pub retried: u64,
-    /// Sent back to wait because the provider asked (rate limit) or the channel is down.
-    pub deferred: u64,
-    pub cancelled: u64,
-    pub skipped: u64,
-}
+pub type Totals = crate::store::PassCounts;
 
 /// What a pass command (`run`, `generate`, `send`) did.
 #[derive(Debug, Clone)]

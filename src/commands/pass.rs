@@ -111,16 +111,7 @@ async fn recorded(pass: &Pass<'_>) -> anyhow::Result<PassReport> {
     let outcome = one(pass).await;
     let (counts, error) = match &outcome {
         Ok(report) => {
-            let t = report.totals();
-            let counts = PassCounts {
-                generated: t.generated,
-                sent: t.sent,
-                failed: t.failed,
-                retried: t.retried,
-                deferred: t.deferred,
-                cancelled: t.cancelled,
-                skipped: t.skipped,
-            };
+            let counts = report.totals();
             let halted = report.deliver.as_ref().and_then(|d| d.halted.clone());
             (counts, halted.map(|why| format!("the pass stopped early: {why}")))
         }

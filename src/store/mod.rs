@@ -459,13 +459,14 @@ pub struct PassStart {
     pub business_now: Option<DateTime<Utc>>,
 }
 
-/// What a pass did, as `passes` keeps it.
+/// What a pass did: its report's totals, as `passes` keeps them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PassCounts {
     pub generated: u64,
     pub sent: u64,
     pub failed: u64,
     pub retried: u64,
+    /// Sent back to wait because the provider asked (rate limit) or the channel is down.
     pub deferred: u64,
     pub cancelled: u64,
     pub skipped: u64,
