@@ -516,3 +516,33 @@ async fn a_large_send_shows_progress_on_a_terminal_only() {
     assert_eq!(sink.count(), 450);
     assert!(sink.per_recipient().values().all(|n| *n == 1));
 }
+
+both!(a_loop_beside_cron_passes_sends_each_reminder_once, loop_and_cron_body);
+async fn loop_and_cron_body(db: &TestDb) {
+    many_due(db, 40).await;
+    let sink = Sink::start(Duration::from_millis(20)).await;
+    let mut env = twilio_env(&sink.uri());
+    env.push(("REMINDER_CONCURRENCY", "4".to_string()));
+    let mut daemon = db
+        .command(&["run", "--every", "1s", "--now", T3_NOW], &pairs(&env))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Cron's passes, overlapping the loop's and each other.
+    let crons: Vec<_> =
+        (0..3).map(|_| db.command(&["run", "--now", T3_NOW], &pairs(&env)).output()).collect();
+    for out in futures::future::join_all(crons).await {
+        let out = out.expect("cron pass");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    sink.wait_for(40, Duration::from_secs(60)).await;
+    let until = Instant::now() + Duration::from_secs(30);
+    while crate::helpers::statuses(db).await != "sent=40" {
+        assert!(Instant::now() < until, "{}", crate::helpers::statuses(db).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&daemon, "TERM");
+    assert_eq!(daemon.wait().await.expect("wait").code(), Some(0));
+    assert_eq!(sink.count(), 40);
+    assert!(sink.per_recipient().values().all(|n| *n == 1), "{:?}", sink.per_recipient());
+}
