@@ -653,15 +653,24 @@ async fn generate(
         }
         q
     }
-    let count_sql = format!("SELECT count(*) AS found FROM ({source}) s WHERE ?1 IS NOT NULL");
-    let found: i64 = bind_all(sqlx::query(&count_sql), ts(now), binds)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("found")?;
+    // The candidates; those whose occurrence has no message yet; those whose contact wants
+    // several channels at once (`+`).
+    let count_sql = format!(
+        "SELECT count(*) AS found, \
+             coalesce(sum(NOT EXISTS (SELECT 1 FROM messages m \
+                 WHERE m.dedup_key = s.dedup_key)), 0) AS fresh, \
+             coalesce(sum(instr(s.channels, '+') > 0), 0) AS fanned \
+         FROM ({source}) s WHERE ?1 IS NOT NULL"
+    );
+    let counted = bind_all(sqlx::query(&count_sql), ts(now), binds).fetch_one(&mut *conn).await?;
+    let found: i64 = counted.try_get("found")?;
+    let fresh: i64 = counted.try_get("fresh")?;
+    let fanned: i64 = counted.try_get("fanned")?;
     let mut out = Generated { found: found.max(0) as u64, ..Generated::default() };
-    if found <= 0 {
-        // Nothing in the window: the statements below would select nothing. Skipping them
-        // spares most of an idle tick, which is spent compiling them.
+    if fresh <= 0 {
+        // Every occurrence in the window is queued already (the usual tick), or there is none:
+        // neither statement below would write or select anything. Skipping them spares most of
+        // a tick, which is spent compiling and evaluating them.
         return Ok(out);
     }
     let columns = "kind, subject_id, stage, event_date, dedup_key, contact_id, channel, \
@@ -692,7 +701,9 @@ async fn generate(
             )
         })
     };
-    for sql in &statements {
+    // Extras (the other channels of a `+`) exist only for contacts that ask for them.
+    let needed = if fanned > 0 { 2 } else { 1 };
+    for sql in statements.iter().take(needed) {
         let rows = bind_all(sqlx::query(sql), ts(now), binds).fetch_all(&mut *conn).await?;
         for r in &rows {
             let status: String = r.try_get("status")?;
