@@ -10,15 +10,35 @@ use crate::config::Heartbeat;
 /// How long a ping may take, in all. A monitor that does not answer by then is not waited for.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Pings the monitor when one is configured; what goes wrong is a warning, and nothing more.
+pub async fn beat(heartbeat: Option<&Heartbeat>, ok: bool) {
+    if let Some(heartbeat) = heartbeat {
+        if let Err(why) = ping(heartbeat, ok).await {
+            tracing::warn!("{why}");
+        }
+    }
+}
+
+/// One client for the life of the process: a `run --every` loop pings once a pass, and a new
+/// client would load the TLS roots again each time.
+fn client() -> Option<&'static reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<Option<reqwest::Client>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .connect_timeout(TIMEOUT)
+                .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .ok()
+        })
+        .as_ref()
+}
+
 /// Fetches the heartbeat URL: as configured after a pass that completed, with `/fail` after one
 /// that did not. Returns what went wrong, for the log; the caller carries on either way.
 pub async fn ping(heartbeat: &Heartbeat, ok: bool) -> Result<(), String> {
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(TIMEOUT)
-        .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|_| format!("{heartbeat}: no HTTP client could be built"))?;
+    let client = client().ok_or_else(|| format!("{heartbeat}: no HTTP client could be built"))?;
     let reply = client.get(heartbeat.url(ok)).send().await.map_err(|e| {
         let why = if e.is_timeout() {
             format!("no answer within {} s", TIMEOUT.as_secs())

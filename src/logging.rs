@@ -188,6 +188,12 @@ impl Visit for UniqueFields {
 /// that puts its cause in its own message), so a cause that the text so far already contains
 /// is left out. Control characters are escaped: the chain can carry data.
 pub fn error_line(error: &anyhow::Error) -> String {
+    format!("error: {}", causes(error))
+}
+
+/// The chain of causes of `error`, each said once and escaped: [`error_line`] without its
+/// `error: ` (what `passes.error` and the loop's log lines carry).
+pub fn causes(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -199,7 +205,7 @@ pub fn error_line(error: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    format!("error: {}", crate::report::escape_control(&line))
+    crate::report::escape_control(&line).into_owned()
 }
 
 #[cfg(test)]

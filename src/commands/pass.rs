@@ -115,21 +115,14 @@ async fn recorded(pass: &Pass<'_>) -> anyhow::Result<PassReport> {
             let halted = report.deliver.as_ref().and_then(|d| d.halted.clone());
             (counts, halted.map(|why| format!("the pass stopped early: {why}")))
         }
-        Err(e) => {
-            let line = crate::logging::error_line(e);
-            (PassCounts::default(), Some(line.trim_start_matches("error: ").to_string()))
-        }
+        Err(e) => (PassCounts::default(), Some(crate::logging::causes(e))),
     };
     if let Some(id) = id {
         if let Err(e) = pass.store.finish_pass(id, &counts, error.as_deref()).await {
             tracing::warn!("the end of the pass could not be recorded in passes: {e}");
         }
     }
-    if let Some(heartbeat) = &pass.settings.heartbeat {
-        if let Err(why) = crate::heartbeat::ping(heartbeat, error.is_none()).await {
-            tracing::warn!("{why}");
-        }
-    }
+    crate::heartbeat::beat(pass.settings.heartbeat.as_ref(), error.is_none()).await;
     outcome
 }
 
@@ -280,17 +273,12 @@ async fn every_interval(
                     s
                 }
                 Err(e) => {
-                    let line = crate::logging::error_line(&e);
                     tracing::error!(
                         "pass {number} could not start: {}; trying again in {}",
-                        line.trim_start_matches("error: "),
+                        crate::logging::causes(&e),
                         every.trim()
                     );
-                    if let Some(heartbeat) = &configured.settings.heartbeat {
-                        if let Err(why) = crate::heartbeat::ping(heartbeat, false).await {
-                            tracing::warn!("{why}");
-                        }
-                    }
+                    crate::heartbeat::beat(configured.settings.heartbeat.as_ref(), false).await;
                     continue;
                 }
             },
@@ -334,10 +322,9 @@ async fn every_interval(
                 }
             }
             Err(e) => {
-                let line = crate::logging::error_line(&e);
                 tracing::error!(
                     "pass {number} failed: {}; trying again in {}",
-                    line.trim_start_matches("error: "),
+                    crate::logging::causes(&e),
                     every.trim()
                 );
             }
