@@ -997,6 +997,25 @@ pub(crate) const FAILED_AT: &str =
 /// Another row of a retry candidate's occurrence: id, channel, status, origin.
 pub(crate) type Sibling = (i64, String, String, String);
 
+/// The rows, sent or queued, of the retry candidates' occurrences: dedup key, id, channel,
+/// status, origin; read in one statement with `STANDING_ROWS` for all candidates.
+pub(crate) type Standing = (String, i64, String, String, String);
+
+/// `STANDING_ROWS` is followed by the dialect's "`dedup_key` is one of the bound keys".
+pub(crate) const STANDING_ROWS: &str = "SELECT dedup_key, id, channel, status, origin \
+    FROM messages WHERE status IN ('pending', 'sending', 'sent') AND dedup_key";
+
+/// The standing rows of `c`'s occurrence other than `c` itself, in id order.
+pub(crate) fn beside(standing: &[Standing], c: &RetryCandidate) -> Vec<Sibling> {
+    let mut rows: Vec<Sibling> = standing
+        .iter()
+        .filter(|s| s.0 == c.dedup_key && s.1 != c.id)
+        .map(|s| (s.1, s.2.clone(), s.3.clone(), s.4.clone()))
+        .collect();
+    rows.sort_by_key(|r| r.0);
+    rows
+}
+
 /// A retry candidate as read back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct RetryCandidate {

@@ -16,9 +16,9 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::{
-    count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart, PruneCut,
-    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, OPEN_MESSAGES, PASS_COLUMNS,
-    RETRY_COLUMNS,
+    beside, count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart,
+    PruneCut, Pruned, Retried, RetryCandidate, RetrySelect, Standing, FAILED_AT, OPEN_MESSAGES,
+    PASS_COLUMNS, RETRY_COLUMNS, STANDING_ROWS,
 };
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
@@ -1665,21 +1665,12 @@ impl Store for PgStore {
                 .await?,
             ),
         };
-        let mut others = std::collections::HashMap::new();
-        for c in &candidates {
-            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-                "SELECT id, channel, status, origin FROM messages \
-                 WHERE dedup_key = $1 AND id <> $2 AND status IN ('pending', 'sending', 'sent') \
-                 ORDER BY id",
-            )
-            .bind(&c.dedup_key)
-            .bind(c.id)
+        let keys: Vec<&str> = candidates.iter().map(|c| c.dedup_key.as_str()).collect();
+        let standing: Vec<Standing> = sqlx::query_as(&format!("{STANDING_ROWS} = ANY($1)"))
+            .bind(&keys)
             .fetch_all(&mut *tx)
             .await?;
-            others.insert(c.id, rows);
-        }
-        let (chosen, refused) =
-            retry_plan(named, &candidates, &|c| others.get(&c.id).cloned().unwrap_or_default());
+        let (chosen, refused) = retry_plan(named, &candidates, &|c| beside(&standing, c));
         let ids: Vec<i64> = chosen.iter().map(|c| c.id).collect();
         sqlx::query(
             "INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \

@@ -26,9 +26,9 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRef as _};
 
 use super::{
-    count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart, PruneCut,
-    Pruned, Retried, RetryCandidate, RetrySelect, FAILED_AT, OPEN_MESSAGES, PASS_COLUMNS,
-    RETRY_COLUMNS,
+    beside, count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart,
+    PruneCut, Pruned, Retried, RetryCandidate, RetrySelect, Standing, FAILED_AT, OPEN_MESSAGES,
+    PASS_COLUMNS, RETRY_COLUMNS, STANDING_ROWS,
 };
 use super::{
     BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
@@ -2119,21 +2119,13 @@ impl Store for SqliteStore {
                 .await?,
             ),
         };
-        let mut others = std::collections::HashMap::new();
-        for c in &candidates {
-            let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-                "SELECT id, channel, status, origin FROM messages \
-                 WHERE dedup_key = ?1 AND id <> ?2 AND status IN ('pending', 'sending', 'sent') \
-                 ORDER BY id",
-            )
-            .bind(&c.dedup_key)
-            .bind(c.id)
-            .fetch_all(w.conn())
-            .await?;
-            others.insert(c.id, rows);
-        }
-        let (chosen, refused) =
-            retry_plan(named, &candidates, &|c| others.get(&c.id).cloned().unwrap_or_default());
+        let keys: Vec<&str> = candidates.iter().map(|c| c.dedup_key.as_str()).collect();
+        let standing: Vec<Standing> =
+            sqlx::query_as(&format!("{STANDING_ROWS} IN (SELECT value FROM json_each(?1))"))
+                .bind(serde_json::to_string(&keys).unwrap_or_default())
+                .fetch_all(w.conn())
+                .await?;
+        let (chosen, refused) = retry_plan(named, &candidates, &|c| beside(&standing, c));
         let at = ts(now);
         for c in &chosen {
             sqlx::query(
