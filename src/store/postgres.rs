@@ -843,7 +843,7 @@ impl Store for PgStore {
                      claimed_by = NULL, claimed_until = NULL \
                  FROM v WHERE m.id = v.id \
                      AND CASE WHEN m.claimed_by = $1 THEN m.status END = 'sending' \
-                 RETURNING m.id \
+                 RETURNING m.id, m.kind, m.subject_id \
              ), sched AS ( \
                  UPDATE scheduled_messages s SET status = CASE WHEN s.status = 'cancelled' THEN 'cancelled' \
                      WHEN v.status = 'pending' THEN s.status \
@@ -854,8 +854,8 @@ impl Store for PgStore {
                      message_id = CASE WHEN v.status = 'sent' THEN COALESCE(v.pid, s.message_id) \
                          ELSE s.message_id END, \
                      sent_at = CASE WHEN v.status = 'sent' THEN v.sent_at ELSE s.sent_at END \
-                 FROM v JOIN upd ON upd.id = v.id JOIN messages m ON m.id = v.id \
-                 WHERE m.kind = 'scheduled' AND s.id = m.subject_id AND v.label IS NOT NULL \
+                 FROM v JOIN upd ON upd.id = v.id \
+                 WHERE upd.kind = 'scheduled' AND s.id = upd.subject_id AND v.label IS NOT NULL \
              ), hist AS ( \
                  INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
                      error, provider_message_id, claimed_by, at) \
