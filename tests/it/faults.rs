@@ -12,17 +12,9 @@ use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::both;
 use crate::helpers::{
-    have_tool, json_of, many_due, pairs, statuses, twilio_env, under_ci, Sink, TestDb, T3_NOW,
+    have_tool, json_of, many_due, pairs, sink_env, statuses, twilio_env, under_ci, Sink, TestDb,
+    T3_NOW,
 };
-
-fn env_for(sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut env = twilio_env(&sink.uri());
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((k, (*v).to_string()));
-    }
-    env
-}
 
 /// Every recipient got exactly one message.
 fn each_once(sink: &Sink, n: usize) {
@@ -63,7 +55,7 @@ async fn a_write_lock_held_past_the_busy_timeout_halts_sending_and_repeats_nothi
     many_due(&db, 60).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(20)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
     let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
     let fault = async {
         sink.wait_for(8, Duration::from_secs(20)).await;
@@ -109,7 +101,7 @@ async fn a_loop_that_meets_a_held_write_lock_recovers_in_the_same_process() {
     many_due(&db, 60).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(20)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
     let mut child = db
         .command(&["send", "--every", "2s", "--now", T3_NOW], &pairs(&env))
         .stderr(Stdio::piped())
@@ -187,7 +179,7 @@ async fn a_disk_that_fills_up_mid_pass_halts_sending_and_repeats_nothing() {
     many_due(&db, 200).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(10)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
     let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
     let filler = tmpfs.dir.path().join("filler");
     let fault = async {
@@ -222,7 +214,7 @@ async fn a_terminated_postgres_connection_costs_no_reminder() {
     many_due(&db, 200).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(10)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
     let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
     let fault = async {
         sink.wait_for(30, Duration::from_secs(20)).await;
@@ -250,7 +242,7 @@ async fn a_database_dropped_mid_pass_halts_sending_with_the_results_journaled() 
     many_due(&db, 200).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(10)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
     let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
     let fault = async {
         sink.wait_for(30, Duration::from_secs(20)).await;
@@ -276,7 +268,7 @@ async fn kill_body(db: &TestDb) {
     many_due(db, 100).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(100)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4"), ("REMINDER_HTTP_TIMEOUT", "1")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4"), ("REMINDER_HTTP_TIMEOUT", "1")]);
     let mut child = db.command(&["send", "--now", T3_NOW], &pairs(&env)).spawn().expect("spawn");
     sink.wait_for(20, Duration::from_secs(20)).await;
     child.kill().await.expect("kill -9");
@@ -309,7 +301,7 @@ async fn a_host_whose_clock_runs_twenty_minutes_ahead_steals_no_lease() {
     .await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(20)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "4"), ("REMINDER_WHATSAPP_RATE", "60/s")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4"), ("REMINDER_WHATSAPP_RATE", "60/s")]);
     let mut skewed_env = pairs(&env);
     skewed_env.push(("FAKETIME_DONT_FAKE_MONOTONIC", "1"));
     let normal = db.command(&["send", "--json"], &pairs(&env)).output();

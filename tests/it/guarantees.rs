@@ -8,25 +8,15 @@ use serde_json::Value;
 
 use crate::both;
 use crate::helpers::{
-    contact, count, invoice, many_due, pairs, signal, statuses, twilio_env, Sink, TestDb, T3_NOW,
+    contact, count, invoice, many_due, pairs, signal, sink_env, statuses, Sink, TestDb, T3_NOW,
 };
-
-/// Twilio on the sink, with extra settings.
-fn env_for(sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
-    let mut env = twilio_env(&sink.uri());
-    for (k, v) in extra {
-        env.retain(|(key, _)| key != k);
-        env.push((k, (*v).to_string()));
-    }
-    env
-}
 
 both!(six_overlapping_passes_send_each_of_four_hundred_reminders_once, overlap_body);
 async fn overlap_body(db: &TestDb) {
     many_due(db, 400).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(2)).await;
-    let env = env_for(&sink, &[]);
+    let env = sink_env(&sink, &[]);
     let env = pairs(&env);
     let passes: Vec<_> =
         (0..6).map(|_| db.command(&["send", "--json", "--now", T3_NOW], &env).output()).collect();
@@ -51,7 +41,7 @@ async fn pacing_body(db: &TestDb) {
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::ZERO).await;
     // 5 a second for a 2-second budget: at most 11 sends, 200 ms apart wherever they come from.
-    let env = env_for(&sink, &[("REMINDER_WHATSAPP_RATE", "5/s"), ("REMINDER_PASS_SECONDS", "2")]);
+    let env = sink_env(&sink, &[("REMINDER_WHATSAPP_RATE", "5/s"), ("REMINDER_PASS_SECONDS", "2")]);
     let env = pairs(&env);
     let passes: Vec<_> =
         (0..2).map(|_| db.command(&["send", "--json", "--now", T3_NOW], &env).output()).collect();
@@ -86,7 +76,7 @@ async fn opted_out_body(db: &TestDb) {
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     db.exec("UPDATE contacts SET opted_out_at = '2025-11-17T08:00:00+07:00'").await;
     let sink = Sink::start(Duration::ZERO).await;
-    let doc = db.pass(&["send", "--now", T3_NOW], &pairs(&env_for(&sink, &[]))).await;
+    let doc = db.pass(&["send", "--now", T3_NOW], &pairs(&sink_env(&sink, &[]))).await;
     assert_eq!((count(&doc, "sent"), count(&doc, "skipped")), (0, 1), "{doc}");
     assert_eq!(sink.count(), 0);
     assert_eq!(
@@ -100,7 +90,7 @@ async fn sigterm_body(db: &TestDb) {
     many_due(db, 30).await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(300)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "2")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "2")]);
     let mut child = db.command(&["send", "--now", T3_NOW], &pairs(&env)).spawn().expect("spawn");
     sink.wait_for(4, Duration::from_secs(20)).await;
     let at_signal = sink.count();
@@ -117,7 +107,7 @@ async fn sigterm_body(db: &TestDb) {
         db.int("SELECT count(*) FROM messages WHERE status = 'pending' AND attempts = 0").await;
     assert_eq!(given_back, 30 - sink.count() as i64, "{}", statuses(db).await);
     // The next pass sends the rest, and nobody gets a second message.
-    let sink_env = env_for(&sink, &[]);
+    let sink_env = sink_env(&sink, &[]);
     db.pass(&["send", "--now", T3_NOW], &pairs(&sink_env)).await;
     assert_eq!(sink.count(), 30);
     assert!(sink.per_recipient().values().all(|n| *n == 1));
@@ -132,7 +122,7 @@ async fn outcome_unknown_body(db: &TestDb) {
     // The provider never answers in time, and each pass is killed with the request in flight:
     // three passes die holding the message (REMINDER_MAX_ATTEMPTS is 3).
     let sink = Sink::start(Duration::from_secs(60)).await;
-    let env = env_for(&sink, &[("REMINDER_HTTP_TIMEOUT", "1")]);
+    let env = sink_env(&sink, &[("REMINDER_HTTP_TIMEOUT", "1")]);
     for died in 1..=3 {
         let mut child =
             db.command(&["send", "--now", T3_NOW], &pairs(&env)).spawn().expect("spawn");
@@ -157,7 +147,7 @@ async fn lease_short_body(db: &TestDb) {
     // its lease has ended and pass B has taken all four over. When A wakes, nothing it still
     // holds may go out: B owns it now.
     let sink = Sink::start(Duration::from_millis(500)).await;
-    let env = env_for(&sink, &[("REMINDER_CONCURRENCY", "1"), ("REMINDER_HTTP_TIMEOUT", "1")]);
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "1"), ("REMINDER_HTTP_TIMEOUT", "1")]);
     let a = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).spawn().expect("a");
     sink.wait_for(1, Duration::from_secs(20)).await;
     signal(&a, "STOP");
@@ -200,7 +190,7 @@ async fn future_now_body(db: &TestDb) {
     db.exec("DELETE FROM invoices").await;
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::ZERO).await;
-    let env = env_for(&sink, &[("REMINDER_WHATSAPP_RATE", "2/s"), ("REMINDER_PASS_SECONDS", "1")]);
+    let env = sink_env(&sink, &[("REMINDER_WHATSAPP_RATE", "2/s"), ("REMINDER_PASS_SECONDS", "1")]);
     // A preview of next year sends what its budget allows…
     db.pass(&["send", "--now", "2026-11-17T09:00:00+07:00"], &pairs(&env)).await;
     let after_future = sink.count();

@@ -264,6 +264,16 @@ impl TestDb {
 pub const LOG_CHANNELS: [(&str, &str); 3] =
     [("WHATSAPP_PROVIDER", "log"), ("TELEGRAM_PROVIDER", "log"), ("MAIL_MAILER", "log")];
 
+/// Twilio on the sink, with extra settings replacing or adding to [`twilio_env`]'s.
+pub fn sink_env(sink: &Sink, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = twilio_env(&sink.uri());
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k, (*v).to_string()));
+    }
+    env
+}
+
 /// Twilio settings pointing at a loopback mock, with no rate limit.
 pub fn twilio_env(base: &str) -> Vec<(&'static str, String)> {
     vec![

@@ -9,8 +9,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both;
 use crate::helpers::{
-    contact, invoice, json_of, many_due, pairs, signal, twilio_env, Sink, TestDb, LOG_CHANNELS,
-    T3_NOW, TWILIO_PATH,
+    contact, invoice, json_of, many_due, pairs, signal, sink_env, twilio_env, Sink, TestDb,
+    LOG_CHANNELS, T3_NOW, TWILIO_PATH,
 };
 
 fn stdout(out: &std::process::Output) -> String {
@@ -192,8 +192,7 @@ both!(sigterm_during_a_pass_finishes_the_sends_in_flight_and_gives_claims_back, 
 async fn sigterm_body(db: &TestDb) {
     many_due(db, 12).await;
     let sink = Sink::start(Duration::from_millis(400)).await;
-    let mut env = twilio_env(&sink.uri());
-    env.push(("REMINDER_CONCURRENCY", "2".to_string()));
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "2")]);
     let mut child = db
         .command(&["run", "--every", "1m", "--now", T3_NOW], &pairs(&env))
         .stderr(std::process::Stdio::piped())
@@ -479,9 +478,7 @@ async fn a_large_send_shows_progress_on_a_terminal_only() {
     let db = TestDb::sqlite().await;
     many_due(&db, 450).await;
     let sink = Sink::start(Duration::from_millis(10)).await;
-    let mut env = twilio_env(&sink.uri());
-    env.push(("REMINDER_CONCURRENCY", "2".to_string()));
-    env.push(("LOG_LEVEL", "warn".to_string()));
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "2"), ("LOG_LEVEL", "warn")]);
     db.pass(&["generate", "--now", T3_NOW], &pairs(&env)).await;
     // 250 of them through a pipe: no bar.
     db.exec("UPDATE messages SET next_attempt_at = '2030-01-01T00:00:00.000Z' WHERE id > 250")
@@ -521,8 +518,7 @@ both!(a_loop_beside_cron_passes_sends_each_reminder_once, loop_and_cron_body);
 async fn loop_and_cron_body(db: &TestDb) {
     many_due(db, 40).await;
     let sink = Sink::start(Duration::from_millis(20)).await;
-    let mut env = twilio_env(&sink.uri());
-    env.push(("REMINDER_CONCURRENCY", "4".to_string()));
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
     let mut daemon = db
         .command(&["run", "--every", "1s", "--now", T3_NOW], &pairs(&env))
         .stderr(std::process::Stdio::null())
