@@ -466,21 +466,10 @@ impl Scenario {
                 self.exec("PRAGMA wal_checkpoint(TRUNCATE)").await?;
             }
             Backend::Postgres => {
-                self.exec(&format!(
-                    "INSERT INTO contacts (id, name, phone, channels) \
-                     SELECT i, 'Bench contact ' || i, '0812' || lpad(i::text, 8, '0'), 'whatsapp' \
-                     FROM generate_series(1, {CONTACTS}) i"
-                ))
-                .await?;
-                self.exec(&format!(
-                    "INSERT INTO invoices (id, number, contact_id, amount, due_date, status) \
-                     SELECT i, 'INV-20251120-' || lpad(i::text, 7, '0'), (i - 1) % {CONTACTS} + 1, \
-                         150000, CASE WHEN i % {DUE_EVERY} = 0 THEN DATE '{DUE_DATE}' \
-                             ELSE DATE '{FAR_DATE}' END, 'unpaid' \
-                     FROM generate_series(1, {invoices}) i"
-                ))
-                .await?;
-                self.exec("VACUUM ANALYZE contacts, invoices").await?;
+                let due = format!(
+                    "CASE WHEN i % {DUE_EVERY} = 0 THEN DATE '{DUE_DATE}' ELSE DATE '{FAR_DATE}' END"
+                );
+                self.load_pg(invoices, &due).await?;
                 // Superuser only; without it a checkpoint may land in a timed step.
                 let _ = self.exec("CHECKPOINT").await;
             }
@@ -491,6 +480,12 @@ impl Scenario {
     /// `n` unpaid invoices over 1 000 contacts, every one due at T-3 (PostgreSQL): the outbox of
     /// the peer comparison, one reminder per invoice, each naming its own invoice number.
     async fn load_due(&self, n: u64) -> Res<()> {
+        self.load_pg(n, &format!("DATE '{DUE_DATE}'")).await
+    }
+
+    /// 1 000 contacts and `invoices` unpaid invoices over them, each due on `due` (an SQL
+    /// expression of the row number `i`), then statistics (PostgreSQL).
+    async fn load_pg(&self, invoices: u64, due: &str) -> Res<()> {
         self.exec(&format!(
             "INSERT INTO contacts (id, name, phone, channels) \
              SELECT i, 'Bench contact ' || i, '0812' || lpad(i::text, 8, '0'), 'whatsapp' \
@@ -500,8 +495,8 @@ impl Scenario {
         self.exec(&format!(
             "INSERT INTO invoices (id, number, contact_id, amount, due_date, status) \
              SELECT i, 'INV-20251120-' || lpad(i::text, 7, '0'), (i - 1) % {CONTACTS} + 1, \
-                 150000, DATE '{DUE_DATE}', 'unpaid' \
-             FROM generate_series(1, {n}) i"
+                 150000, {due}, 'unpaid' \
+             FROM generate_series(1, {invoices}) i"
         ))
         .await?;
         self.exec("VACUUM ANALYZE contacts, invoices").await?;
