@@ -253,6 +253,32 @@ async fn run_every_outlives_a_database_it_cannot_open() {
     assert!(err.contains("trying again in 1s"), "{err}");
 }
 
+/// The loop names its database when it starts and each time a pass cannot reach it, and never
+/// with the URL's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_every_never_prints_the_database_password() {
+    let db = TestDb::sqlite().await;
+    let url = "postgres://app:hunter2-secret@127.0.0.1:1/app";
+    let env = [LOG_CHANNELS.as_slice(), &[("DATABASE_URL", url), ("LOG_LEVEL", "info")]].concat();
+    let mut child = db
+        .command(&["run", "--every", "1s"], &env)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Two failed passes: the first and a retry.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(&child, "TERM");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
+    }
+    let status = child.wait().await.expect("wait");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("run every 1s (postgres database app on 127.0.0.1:1)"), "{err}");
+    assert!(err.contains("pass 2 could not start"), "{err}");
+    assert!(!err.contains("hunter2-secret"), "{err}");
+}
+
 /// PostgreSQL drops the loop's connections between passes: the next pass reconnects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_every_reconnects_after_its_postgres_connections_are_killed() {
