@@ -549,7 +549,8 @@ fn human_duration(d: std::time::Duration) -> String {
     }
 }
 
-fn plural(n: u64, one: &str, many: &str) -> String {
+/// `n` and the noun that fits it: `1 row`, `2 rows`.
+pub fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

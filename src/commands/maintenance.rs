@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::cli::Common;
-use crate::report::{emit, escape_control};
+use crate::report::{emit, escape_control, plural};
 use crate::store::{PruneCut, RetrySelect};
 
 pub async fn retry(
@@ -41,11 +41,11 @@ pub async fn retry(
         emit(&doc.to_string());
     } else {
         let mut out = String::new();
-        let n = done.retried.len();
+        let n = done.retried.len() as u64;
         let _ = writeln!(
             out,
-            "put back {n} failed message{} as pending; the next pass sends {}",
-            if n == 1 { "" } else { "s" },
+            "put back {} as pending; the next pass sends {}",
+            plural(n, "failed message", "failed messages"),
             if n == 1 { "it" } else { "them" }
         );
         for (id, channel, recipient) in &done.retried {
