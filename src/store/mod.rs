@@ -920,9 +920,13 @@ pub trait Store: Send + Sync {
     async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned>;
 }
 
-/// [`Store::has_open_messages`], in SQL both dialects accept.
-pub(crate) const OPEN_MESSAGES: &str = "SELECT count(*) FROM (SELECT 1 FROM messages \
-    WHERE status IN ('pending', 'sending') LIMIT 1) x";
+/// [`Store::has_open_messages`], in SQL both dialects accept. One branch per status, so that
+/// each reads the head of its own partial index (`messages_pending`, `messages_leased`): no
+/// index covers `status IN ('pending', 'sending')`, and that form reads the whole table, sent
+/// history and all, on every idle tick.
+pub(crate) const OPEN_MESSAGES: &str = "SELECT count(*) FROM (\
+    SELECT 1 FROM messages WHERE status = 'pending' \
+    UNION ALL SELECT 1 FROM messages WHERE status = 'sending' LIMIT 1) x";
 
 /// The columns of `passes` that [`PassRecord`] reads.
 pub(crate) const PASS_COLUMNS: &str = "id, command, host, pid, business_now, started_at, \
