@@ -924,7 +924,7 @@ pub trait Store: Send + Sync {
 /// each reads the head of its own partial index (`messages_pending`, `messages_leased`): no
 /// index covers `status IN ('pending', 'sending')`, and that form reads the whole table, sent
 /// history and all, on every idle tick.
-pub(crate) const OPEN_MESSAGES: &str = "SELECT count(*) FROM (\
+pub const OPEN_MESSAGES: &str = "SELECT count(*) FROM (\
     SELECT 1 FROM messages WHERE status = 'pending' \
     UNION ALL SELECT 1 FROM messages WHERE status = 'sending' LIMIT 1) x";
 

@@ -197,6 +197,23 @@ impl TestDb {
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// The plan the database chose for `sql`, one step per line: `EXPLAIN QUERY PLAN`'s details
+    /// on SQLite, `EXPLAIN`'s lines on PostgreSQL.
+    pub async fn plan(&self, sql: &str) -> String {
+        use sqlx::Row as _;
+        let lines: Result<Vec<String>, sqlx::Error> = match &self.pool {
+            Pool::Sqlite(p) => sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(p)
+                .await
+                .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>("detail")).collect()),
+            Pool::Postgres(p) => sqlx::query(&format!("EXPLAIN {sql}"))
+                .fetch_all(p)
+                .await
+                .and_then(|rows| rows.iter().map(|r| r.try_get::<String, _>(0)).collect()),
+        };
+        lines.unwrap_or_else(|e| panic!("EXPLAIN {sql}: {e}")).join("\n")
+    }
+
     /// The binary, with a clean environment pointed at this database. `env` adds variables.
     pub fn command(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_reminderctl"));

@@ -216,6 +216,27 @@ async fn sigterm_body(db: &TestDb) {
     assert!(sink.per_recipient().values().all(|n| *n == 1));
 }
 
+both!(the_idle_check_reads_the_open_rows_not_the_history, idle_check_body);
+/// Every tick asks whether anything is open before it opens a lane. With a long sent history and
+/// nothing open, that question is answered from the partial indexes, never by reading the table.
+async fn idle_check_body(db: &TestDb) {
+    db.exec(
+        "INSERT INTO messages (kind, dedup_key, channel, status) \
+         SELECT 'test', 'sent-' || n, 'whatsapp', 'sent' FROM \
+         (WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 5000) \
+          SELECT n FROM s) x",
+    )
+    .await;
+    db.exec("ANALYZE").await;
+    let plan = db.plan(reminderctl::store::OPEN_MESSAGES).await;
+    let reads_table = plan.lines().any(|l| {
+        let l = l.trim_start_matches([' ', '-', '>']);
+        l.starts_with("Seq Scan on messages") || l == "SCAN messages"
+    });
+    assert!(!reads_table, "the idle check reads all of messages:\n{plan}");
+    assert_eq!(db.int(reminderctl::store::OPEN_MESSAGES).await, 0);
+}
+
 /// A database that cannot be reached fails that pass, not the loop: the next interval retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_every_outlives_a_database_it_cannot_open() {
