@@ -142,11 +142,6 @@ impl Heartbeat {
             None => format!("{url}/fail"),
         }
     }
-
-    /// The secret to keep out of errors and logs.
-    pub fn secret(&self) -> &Secret {
-        &self.url
-    }
 }
 
 impl std::fmt::Debug for Heartbeat {
