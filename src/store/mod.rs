@@ -12,7 +12,10 @@ use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::{Kind, Outcome};
 
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
+
+pub use sql::OPEN_MESSAGES;
 
 /// A storage failure. Its `Display` is the whole reason, once: the driver's error is not also
 /// given as `source()`, because sqlx's own messages already repeat their causes, and an error
@@ -920,18 +923,6 @@ pub trait Store: Send + Sync {
     async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned>;
 }
 
-/// [`Store::has_open_messages`], in SQL both dialects accept. One branch per status, so that
-/// each reads the head of its own partial index (`messages_pending`, `messages_leased`): no
-/// index covers `status IN ('pending', 'sending')`, and that form reads the whole table, sent
-/// history and all, on every idle tick.
-pub const OPEN_MESSAGES: &str = "SELECT count(*) FROM (\
-    SELECT 1 FROM messages WHERE status = 'pending' \
-    UNION ALL SELECT 1 FROM messages WHERE status = 'sending' LIMIT 1) x";
-
-/// The columns of `passes` that [`PassRecord`] reads.
-pub(crate) const PASS_COLUMNS: &str = "id, command, host, pid, business_now, started_at, \
-    finished_at, generated, sent, failed, retried, deferred, cancelled, skipped, error";
-
 /// A count as the database keeps it.
 pub(crate) fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -968,46 +959,12 @@ where
     })
 }
 
-/// The messages `prune` deletes, as SQL both dialects accept (`$1` … `$3` are
-/// [`PruneCut::before`], `dunning_due_until`, `visit_before`; `occurrence` and `due` are the
-/// dialect's epoch seconds of a scheduled message's occurrence (from its dedup key) and of its
-/// row's next run). An occurrence goes when every row of it is finished and untouched since the
-/// cut, and no pass can generate it again: a test message; a dunning reminder every stage of
-/// whose due date has ended; a maintenance reminder whose visit date has passed; a scheduled
-/// occurrence whose row is gone, finished, or already moved past it.
-pub(crate) fn prune_keys(occurrence: &str, due: &str) -> String {
-    format!(
-        "SELECT m.dedup_key FROM messages m \
-         WHERE m.kind = 'test' \
-            OR (m.kind = 'dunning' AND m.event_date <= $2) \
-            OR (m.kind = 'maintenance' AND m.event_date < $3) \
-            OR (m.kind = 'scheduled' AND NOT EXISTS (SELECT 1 FROM scheduled_messages s \
-                WHERE s.id = m.subject_id AND s.status IN ('pending', 'active', 'processing') \
-                  AND ({due} IS NULL OR {due} <= {occurrence}))) \
-         EXCEPT \
-         SELECT m.dedup_key FROM messages m \
-         WHERE m.status NOT IN ('sent', 'failed', 'cancelled', 'skipped') \
-            OR m.created_at >= $1 OR m.sent_at >= $1 \
-            OR EXISTS (SELECT 1 FROM delivery_attempts a WHERE a.message_id = m.id AND a.at >= $1)"
-    )
-}
-
-/// The retry candidates' columns, and the failure time `--failed-since` compares.
-pub(crate) const RETRY_COLUMNS: &str = "m.id, m.status, m.dedup_key, m.channel, m.origin, \
-    m.recipient";
-pub(crate) const FAILED_AT: &str =
-    "COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), m.created_at)";
-
 /// Another row of a retry candidate's occurrence: id, channel, status, origin.
 pub(crate) type Sibling = (i64, String, String, String);
 
 /// The rows, sent or queued, of the retry candidates' occurrences: dedup key, id, channel,
-/// status, origin; read in one statement with `STANDING_ROWS` for all candidates.
+/// status, origin; read in one statement for all candidates.
 pub(crate) type Standing = (String, i64, String, String, String);
-
-/// `STANDING_ROWS` is followed by the dialect's "`dedup_key` is one of the bound keys".
-pub(crate) const STANDING_ROWS: &str = "SELECT dedup_key, id, channel, status, origin \
-    FROM messages WHERE status IN ('pending', 'sending', 'sent') AND dedup_key";
 
 /// The standing rows of `c`'s occurrence other than `c` itself, in id order.
 pub(crate) fn beside(standing: &[Standing], c: &RetryCandidate) -> Vec<Sibling> {

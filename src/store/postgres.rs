@@ -15,22 +15,50 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 use tokio::sync::{Mutex, MutexGuard};
 
+use super::sql::{self, prune_deletes, prune_keys, Dialect, OPEN_MESSAGES, PASS_OK};
 use super::{
-    beside, count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart,
-    PruneCut, Pruned, Retried, RetryCandidate, RetrySelect, Standing, FAILED_AT, OPEN_MESSAGES,
-    PASS_COLUMNS, RETRY_COLUMNS, STANDING_ROWS,
+    count, pass_record, PassCounts, PassHistory, PassStart, PruneCut, Pruned, Retried, RetrySelect,
 };
 use super::{
-    BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
-    DueScheduled, Failure, GenRow, Generated, ImportCounts, ImportLookup, ImportSource,
-    ImportTable, ImportValues, ImportedRow, InputScan, InvoiceRow, NewMessage, NewScheduled,
-    Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts,
-    SlotGrant, SlotState, StatusData, Store, StoreError, TestContact, VehicleRow, Written,
+    BadValue, Cell, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData, DueScheduled, GenRow,
+    Generated, ImportCounts, ImportLookup, ImportSource, ImportTable, ImportValues, ImportedRow,
+    InputScan, InvoiceRow, NewMessage, NewScheduled, Recorded, Result, ScheduledAdvance,
+    ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData,
+    Store, StoreError, TestContact, VehicleRow, Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::outbox::Outcome;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Dialect for sqlx::Postgres {
+    type Instant = DateTime<Utc>;
+
+    fn instant(at: DateTime<Utc>) -> DateTime<Utc> {
+        at
+    }
+
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+
+    type Ids = Vec<i64>;
+    type Keys = Vec<String>;
+
+    fn ids(ids: &[i64]) -> Vec<i64> {
+        ids.to_vec()
+    }
+
+    fn keys(keys: &[&str]) -> Vec<String> {
+        keys.iter().map(|k| (*k).to_string()).collect()
+    }
+
+    fn one_of(expr: &str, param: &str) -> String {
+        format!("{expr} = ANY({param})")
+    }
+}
 
 pub struct PgStore {
     options: PgConnectOptions,
@@ -210,7 +238,7 @@ fn generation_sql(kind: &str, source: &str, dry_run: bool, keep: usize) -> Strin
     let columns = "kind, subject_id, stage, event_date, dedup_key, contact_id, channel, \
                    connection, body, media_url, fanout, status, last_error";
     let written = if dry_run {
-        let new = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = u.dedup_key)";
+        let new = sql::NOT_QUEUED;
         format!(
             "out AS (SELECT NULL::bigint AS id, n.kind, n.subject_id, n.stage, n.channel, \
                  n.status, n.last_error, n.dedup_key, n.contact_id, n.event_date, n.connection \
@@ -600,11 +628,7 @@ impl Store for PgStore {
     async fn cancel_settled(&self, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<GenRow>> {
         let _ = now;
         let sql = if dry_run {
-            "SELECT m.id, m.kind, m.subject_id, m.stage, m.channel, 'cancelled' AS status, \
-                 'invoice is ' || i.status AS error, m.dedup_key, m.contact_id, m.event_date, \
-                 m.connection \
-             FROM messages m JOIN invoices i ON i.id = m.subject_id \
-             WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.status <> 'unpaid'"
+            sql::SETTLED_PREVIEW
         } else {
             "UPDATE messages m SET status = 'cancelled', last_error = 'invoice is ' || i.status \
              FROM invoices i \
@@ -629,10 +653,7 @@ impl Store for PgStore {
         let key = route.key();
         let mut c = self.pooled().await?;
         let mut tx = c.conn().begin().await?;
-        sqlx::query("INSERT INTO channel_state (channel) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sql::ENSURE_ROUTE).bind(&key).execute(&mut *tx).await?;
         // The server's clock, in exact integer nanoseconds (extract returns numeric).
         let (next, now_ns): (i64, i64) = sqlx::query_as(
             "SELECT next_slot_ns, (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint \
@@ -643,11 +664,7 @@ impl Store for PgStore {
         .await?;
         let grant = super::slots(next, count, interval_ns, now_ns, horizon);
         if let Some(g) = grant {
-            sqlx::query("UPDATE channel_state SET next_slot_ns = $2 WHERE channel = $1")
-                .bind(&key)
-                .bind(g.end_ns)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(sql::TAKE_SLOTS).bind(&key).bind(g.end_ns).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         c.done();
@@ -656,15 +673,7 @@ impl Store for PgStore {
 
     async fn return_slots(&self, route: &Route, grant: SlotGrant, unused: u32) -> Result<()> {
         let mut c = self.pooled().await?;
-        sqlx::query(
-            "UPDATE channel_state SET next_slot_ns = next_slot_ns - $3 \
-             WHERE channel = $1 AND next_slot_ns = $2",
-        )
-        .bind(route.key())
-        .bind(grant.end_ns)
-        .bind(i64::from(unused).saturating_mul(grant.interval_ns))
-        .execute(c.conn())
-        .await?;
+        sql::return_slots::<sqlx::Postgres>(c.conn(), route, grant, unused).await?;
         c.done();
         Ok(())
     }
@@ -679,10 +688,7 @@ impl Store for PgStore {
         let quota = i64::try_from(quota).unwrap_or(i64::MAX);
         let mut c = self.pooled().await?;
         let mut tx = c.conn().begin().await?;
-        sqlx::query("INSERT INTO channel_state (channel) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(route.key())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sql::ENSURE_ROUTE).bind(route.key()).execute(&mut *tx).await?;
         let granted: i64 = sqlx::query_scalar(
             "WITH cur AS (SELECT CASE WHEN quota_month = $2 THEN quota_used ELSE 0 END AS used \
                  FROM channel_state WHERE channel = $1 FOR UPDATE), \
@@ -1015,53 +1021,8 @@ impl Store for PgStore {
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
         let mut p = self.primary().await?;
-        let counts = sqlx::query_as(
-            "SELECT kind, status, channel, count(*) AS count FROM messages \
-             GROUP BY kind, status, channel ORDER BY kind, status, channel",
-        )
-        .fetch_all(p.conn()?)
-        .await?;
-        let failures = sqlx::query(
-            "SELECT m.id, m.kind, m.stage, m.channel, m.recipient, m.status, \
-                 m.last_error AS error, \
-                 COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), \
-                     m.created_at) AS at \
-             FROM messages m WHERE m.status = 'failed' \
-                 OR (m.status IN ('pending', 'skipped') AND m.last_error IS NOT NULL) \
-             ORDER BY m.id DESC LIMIT $1",
-        )
-        .bind(failures)
-        .fetch_all(p.conn()?)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(Failure {
-                id: r.try_get("id")?,
-                kind: r.try_get("kind")?,
-                stage: r.try_get("stage")?,
-                channel: r.try_get("channel")?,
-                recipient: r.try_get("recipient")?,
-                status: r.try_get("status")?,
-                error: r.try_get("error")?,
-                at: r.try_get("at")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-        let down = sqlx::query(
-            "SELECT channel, down_reason, down_since FROM channel_state \
-             WHERE down_reason IS NOT NULL ORDER BY channel",
-        )
-        .fetch_all(p.conn()?)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ChannelDown {
-                channel: r.try_get("channel")?,
-                reason: r.try_get("down_reason")?,
-                since: r.try_get::<Option<DateTime<Utc>>, _>("down_since")?.unwrap_or(now),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+        let (counts, failures, down) =
+            sql::status_rows::<sqlx::Postgres>(p.conn()?, failures, now).await?;
         let due = sqlx::query_as::<_, (String, i64)>(
             "SELECT channel, count(*) FROM messages \
              WHERE (status = 'pending' AND next_attempt_at <= $1) \
@@ -1092,29 +1053,8 @@ impl Store for PgStore {
     }
 
     async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>> {
-        let mut ids = Vec::new();
         let mut p = self.primary().await?;
-        for r in rows {
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
-                     contact_id, channel, recipient, body, status, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'manual', $6, $7, $8, $9, 'pending', $10, $10) \
-                 ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
-            )
-            .bind(r.kind.as_str())
-            .bind(r.subject_id)
-            .bind(&r.stage)
-            .bind(r.event_date)
-            .bind(&r.dedup_key)
-            .bind(r.contact_id)
-            .bind(&r.channel)
-            .bind(&r.recipient)
-            .bind(&r.body)
-            .bind(now)
-            .fetch_optional(p.conn()?)
-            .await?;
-            ids.extend(id);
-        }
+        let ids = sql::insert_messages::<sqlx::Postgres>(p.conn()?, rows, now).await?;
         p.done();
         Ok(ids)
     }
@@ -1128,43 +1068,11 @@ impl Store for PgStore {
     ) -> Result<Option<TestContact>> {
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        let found: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, name FROM contacts WHERE is_test AND lower(email) = lower($1) \
-             ORDER BY id LIMIT 1 FOR UPDATE",
-        )
-        .bind(email)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if dry_run {
-            tx.rollback().await?;
-            p.done();
-            return Ok(found.map(|(id, name)| TestContact { id, name, existed: true }));
-        }
-        let contact = if let Some((id, name)) = found {
-            sqlx::query(
-                "UPDATE contacts SET phone = $2, channels = 'email,whatsapp', opted_out_at = NULL \
-                 WHERE id = $1 AND is_test",
-            )
-            .bind(id)
-            .bind(phone)
-            .execute(&mut *tx)
-            .await?;
-            TestContact { id, name, existed: true }
-        } else {
-            let id = sqlx::query_scalar(
-                "INSERT INTO contacts (name, email, phone, channels, is_test) \
-                 VALUES ($1, $2, $3, 'email,whatsapp', true) RETURNING id",
-            )
-            .bind(name)
-            .bind(email)
-            .bind(phone)
-            .fetch_one(&mut *tx)
-            .await?;
-            TestContact { id, name: name.to_string(), existed: false }
-        };
+        let contact =
+            sql::test_contact::<sqlx::Postgres>(&mut tx, name, email, phone, dry_run).await?;
         tx.commit().await?;
         p.done();
-        Ok(Some(contact))
+        Ok(contact)
     }
 
     async fn create_test_invoice(
@@ -1174,105 +1082,18 @@ impl Store for PgStore {
         amount: i64,
         due: NaiveDate,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO invoices (contact_id, number, amount, due_date, is_test) \
-             VALUES ($1, $2, $3, $4, true) RETURNING id",
-        )
-        .bind(contact_id)
-        .bind(number)
-        .bind(amount)
-        .bind(due)
-        .fetch_one(&self.pool)
-        .await?)
+        let mut p = self.primary().await?;
+        let id =
+            sql::create_test_invoice::<sqlx::Postgres>(p.conn()?, contact_id, number, amount, due)
+                .await?;
+        p.done();
+        Ok(id)
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        let mut counts = SeedCounts::default();
-        if reset {
-            let demo_contacts = "SELECT id FROM contacts WHERE demo_key IS NOT NULL";
-            sqlx::query(&format!(
-                "DELETE FROM delivery_attempts WHERE message_id IN \
-                 (SELECT id FROM messages WHERE contact_id IN ({demo_contacts}))"
-            ))
-            .execute(&mut *tx)
-            .await?;
-            counts.removed +=
-                sqlx::query(&format!("DELETE FROM messages WHERE contact_id IN ({demo_contacts})"))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            for table in ["invoices", "vehicles", "scheduled_messages", "contacts"] {
-                counts.removed +=
-                    sqlx::query(&format!("DELETE FROM {table} WHERE demo_key IS NOT NULL"))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-            }
-        }
-        for c in &demo.contacts {
-            counts.contacts += sqlx::query(
-                "INSERT INTO contacts (demo_key, name, phone, email, telegram_chat_id, channels) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (demo_key) DO NOTHING",
-            )
-            .bind(&c.key)
-            .bind(&c.name)
-            .bind(&c.phone)
-            .bind(&c.email)
-            .bind(&c.telegram_chat_id)
-            .bind(&c.channels)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        let contact = "(SELECT id FROM contacts WHERE demo_key = $2)";
-        for i in &demo.invoices {
-            counts.invoices += sqlx::query(&format!(
-                "INSERT INTO invoices (demo_key, contact_id, number, amount, due_date) \
-                 VALUES ($1, {contact}, $3, $4, $5) ON CONFLICT (demo_key) DO NOTHING"
-            ))
-            .bind(&i.key)
-            .bind(&i.contact_key)
-            .bind(&i.number)
-            .bind(i.amount)
-            .bind(i.due_date)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        for v in &demo.vehicles {
-            counts.vehicles += sqlx::query(&format!(
-                "INSERT INTO vehicles (demo_key, contact_id, plate_no, last_visit_date, \
-                     next_visit_date) \
-                 VALUES ($1, {contact}, $3, $4, $5) ON CONFLICT (demo_key) DO NOTHING"
-            ))
-            .bind(&v.key)
-            .bind(&v.contact_key)
-            .bind(&v.plate_no)
-            .bind(v.last_visit_date)
-            .bind(v.next_visit_date)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        for s in &demo.scheduled {
-            counts.scheduled += sqlx::query(&format!(
-                "INSERT INTO scheduled_messages (demo_key, contact_id, channel, body, \
-                     scheduled_at, recurrence, created_by) \
-                 VALUES ($1, {contact}, $3, $4, $5, $6, 'reminderctl seed') \
-                 ON CONFLICT (demo_key) DO NOTHING"
-            ))
-            .bind(&s.key)
-            .bind(&s.contact_key)
-            .bind(&s.channel)
-            .bind(&s.body)
-            .bind(s.scheduled_at)
-            .bind(&s.recurrence)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
+        let counts = sql::seed::<sqlx::Postgres>(&mut tx, demo, reset).await?;
         tx.commit().await?;
         p.done();
         Ok(counts)
@@ -1292,27 +1113,7 @@ impl Store for PgStore {
     async fn add_scheduled(&self, rows: &[NewScheduled]) -> Result<Vec<i64>> {
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        let mut ids = Vec::new();
-        for r in rows {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO scheduled_messages (contact_id, channel, body, media_url, caption, \
-                     scheduled_at, next_run_at, recurrence, connection, created_by, status) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending') RETURNING id",
-            )
-            .bind(r.contact_id)
-            .bind(&r.channel)
-            .bind(&r.body)
-            .bind(&r.media_url)
-            .bind(&r.caption)
-            .bind(r.scheduled_at)
-            .bind(r.next_run_at)
-            .bind(&r.recurrence)
-            .bind(&r.connection)
-            .bind(&r.created_by)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(id);
-        }
+        let ids = sql::add_scheduled::<sqlx::Postgres>(&mut tx, rows).await?;
         tx.commit().await?;
         p.done();
         Ok(ids)
@@ -1325,21 +1126,12 @@ impl Store for PgStore {
         created_by: Option<&str>,
     ) -> Result<Vec<ScheduledListing>> {
         let mut p = self.primary().await?;
-        let rows = sqlx::query(
-            "SELECT s.id, s.contact_id, c.name AS contact_name, s.channel, s.connection, s.body, \
-                 s.media_url, s.caption, s.recurrence, s.status, \
-                 COALESCE(s.next_run_at, s.scheduled_at) AS next_run, s.error, s.message_id, \
-                 s.sent_at, s.created_by \
-             FROM scheduled_messages s LEFT JOIN contacts c ON c.id = s.contact_id \
-             WHERE ($1::bigint IS NULL OR s.id = $1) AND ($2::bigint IS NULL OR s.contact_id = $2) \
-               AND ($3::text IS NULL OR s.created_by = $3) \
-             ORDER BY s.id DESC",
-        )
-        .bind(id)
-        .bind(contact)
-        .bind(created_by)
-        .fetch_all(p.conn()?)
-        .await?;
+        let rows = sqlx::query(sql::LIST_SCHEDULED)
+            .bind(id)
+            .bind(contact)
+            .bind(created_by)
+            .fetch_all(p.conn()?)
+            .await?;
         p.done();
         rows.iter()
             .map(|r| {
@@ -1368,72 +1160,18 @@ impl Store for PgStore {
     }
 
     async fn edit_scheduled(&self, id: i64, edit: &ScheduledEdit) -> Result<()> {
-        let (at, next) = edit.timing.map_or((None, None), |(a, n)| (Some(a), n));
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        sqlx::query(
-            "UPDATE scheduled_messages SET body = COALESCE($2, body), \
-                 channel = COALESCE($3, channel), \
-                 media_url = CASE WHEN $4 THEN $5 ELSE media_url END, \
-                 caption = CASE WHEN $6 THEN $7 ELSE caption END, \
-                 connection = CASE WHEN $8 THEN $9 ELSE connection END, \
-                 recurrence = COALESCE($10, recurrence), \
-                 scheduled_at = COALESCE($11, scheduled_at), \
-                 next_run_at = CASE WHEN $11::timestamptz IS NOT NULL THEN $12 ELSE next_run_at END, \
-                 status = COALESCE($13, status) \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&edit.body)
-        .bind(&edit.channel)
-        .bind(edit.media_url.is_some())
-        .bind(edit.media_url.clone().flatten())
-        .bind(edit.caption.is_some())
-        .bind(edit.caption.clone().flatten())
-        .bind(edit.connection.is_some())
-        .bind(edit.connection.clone().flatten())
-        .bind(&edit.recurrence)
-        .bind(at)
-        .bind(next)
-        .bind(&edit.status)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(at) = at {
-            // A queued occurrence that has not gone out follows its message to the new time.
-            sqlx::query(
-                "UPDATE messages SET next_attempt_at = $2 \
-                 WHERE kind = 'scheduled' AND subject_id = $1 AND status = 'pending'",
-            )
-            .bind(id)
-            .bind(next.unwrap_or(at))
-            .execute(&mut *tx)
-            .await?;
-        }
+        sql::edit_scheduled::<sqlx::Postgres>(&mut tx, id, edit).await?;
         tx.commit().await?;
         p.done();
         Ok(())
     }
 
     async fn cancel_scheduled(&self, id: i64, by: Option<&str>) -> Result<u64> {
-        let reason = match by {
-            Some(user) => format!("the scheduled message was cancelled by {user}"),
-            None => "the scheduled message was cancelled".to_string(),
-        };
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        sqlx::query("UPDATE scheduled_messages SET status = 'cancelled' WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let n = sqlx::query(
-            "UPDATE messages SET status = 'cancelled', last_error = $2 \
-             WHERE kind = 'scheduled' AND subject_id = $1 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = sql::cancel_scheduled::<sqlx::Postgres>(&mut tx, id, by).await?;
         tx.commit().await?;
         p.done();
         Ok(n)
@@ -1624,16 +1362,8 @@ impl Store for PgStore {
         let real_now: DateTime<Utc> =
             sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(p.conn()?).await?;
         let mut out = PassHistory { real_now, last: None, last_ok: None };
-        for (slot, filter) in [
-            (&mut out.last, ""),
-            (&mut out.last_ok, "WHERE finished_at IS NOT NULL AND error IS NULL"),
-        ] {
-            let row = sqlx::query(&format!(
-                "SELECT {PASS_COLUMNS} FROM passes {filter} ORDER BY started_at DESC, id DESC \
-                 LIMIT 1"
-            ))
-            .fetch_optional(p.conn()?)
-            .await?;
+        for (slot, filter) in [(&mut out.last, ""), (&mut out.last_ok, PASS_OK)] {
+            let row = sqlx::query(&sql::latest_pass(filter)).fetch_optional(p.conn()?).await?;
             *slot = row.map(|r| pass_record(&r)).transpose()?;
         }
         p.done();
@@ -1643,68 +1373,10 @@ impl Store for PgStore {
     async fn retry_failed(&self, select: &RetrySelect, now: DateTime<Utc>) -> Result<Retried> {
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        let (named, candidates): (Option<&[i64]>, Vec<RetryCandidate>) = match select {
-            RetrySelect::Ids(ids) => (
-                Some(ids),
-                sqlx::query_as(&format!(
-                    "SELECT {RETRY_COLUMNS} FROM messages m WHERE m.id = ANY($1) \
-                     ORDER BY m.id FOR UPDATE"
-                ))
-                .bind(ids)
-                .fetch_all(&mut *tx)
-                .await?,
-            ),
-            RetrySelect::FailedSince(since) => (
-                None,
-                sqlx::query_as(&format!(
-                    "SELECT {RETRY_COLUMNS} FROM messages m \
-                     WHERE m.status = 'failed' AND {FAILED_AT} >= $1 ORDER BY m.id FOR UPDATE"
-                ))
-                .bind(since)
-                .fetch_all(&mut *tx)
-                .await?,
-            ),
-        };
-        let keys: Vec<&str> = candidates.iter().map(|c| c.dedup_key.as_str()).collect();
-        let standing: Vec<Standing> = sqlx::query_as(&format!("{STANDING_ROWS} = ANY($1)"))
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await?;
-        let (chosen, refused) = retry_plan(named, &candidates, &|c| beside(&standing, c));
-        let ids: Vec<i64> = chosen.iter().map(|c| c.id).collect();
-        sqlx::query(
-            "INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
-                 error, at) \
-             SELECT id, attempts, channel, provider, 'requeued', \
-                 'put back as pending by retry, after: ' || COALESCE(last_error, 'no reason'), $2 \
-             FROM messages WHERE id = ANY($1)",
-        )
-        .bind(&ids)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE messages SET status = 'pending', attempts = 0, next_attempt_at = $2, \
-                 claimed_until = NULL, claimed_by = NULL, last_error = NULL \
-             WHERE id = ANY($1) AND status = 'failed'",
-        )
-        .bind(&ids)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE scheduled_messages SET status = 'processing' \
-             WHERE status = 'failed' AND id IN (SELECT subject_id FROM messages \
-                 WHERE id = ANY($1) AND kind = 'scheduled')",
-        )
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+        let retried = sql::retry_failed::<sqlx::Postgres>(&mut tx, select, now).await?;
         tx.commit().await?;
         p.done();
-        let retried =
-            chosen.iter().map(|c| (c.id, c.channel.clone(), c.recipient.clone())).collect();
-        Ok(Retried { retried, refused })
+        Ok(retried)
     }
 
     async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned> {
@@ -1714,14 +1386,9 @@ impl Store for PgStore {
         );
         let mut p = self.primary().await?;
         let mut tx = p.conn()?.begin().await?;
-        let attempts = format!(
-            "DELETE FROM delivery_attempts WHERE message_id IN \
-             (SELECT id FROM messages WHERE dedup_key IN ({keys}))"
-        );
-        let messages = format!("DELETE FROM messages WHERE dedup_key IN ({keys})");
         let mut deleted = [0u64; 2];
-        for (n, statement) in deleted.iter_mut().zip([&attempts, &messages]) {
-            *n = sqlx::query(statement)
+        for (n, statement) in deleted.iter_mut().zip(prune_deletes(&keys)) {
+            *n = sqlx::query(&statement)
                 .bind(cut.before)
                 .bind(cut.dunning_due_until)
                 .bind(cut.visit_before)

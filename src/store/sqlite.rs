@@ -25,18 +25,16 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRef as _};
 
+use super::sql::{self, prune_deletes, prune_keys, Dialect, OPEN_MESSAGES, PASS_OK};
 use super::{
-    beside, count, pass_record, prune_keys, retry_plan, PassCounts, PassHistory, PassStart,
-    PruneCut, Pruned, Retried, RetryCandidate, RetrySelect, Standing, FAILED_AT, OPEN_MESSAGES,
-    PASS_COLUMNS, RETRY_COLUMNS, STANDING_ROWS,
+    count, pass_record, PassCounts, PassHistory, PassStart, PruneCut, Pruned, Retried, RetrySelect,
 };
 use super::{
-    BadValue, Cell, ChannelDown, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData,
-    DueScheduled, Failure, GenRow, Generated, ImportBatch, ImportCounts, ImportLookup,
-    ImportSource, ImportTable, ImportValues, ImportedRow, InputScan, InvoiceRow, NewMessage,
-    NewScheduled, Recorded, Result, ScheduledAdvance, ScheduledEdit, ScheduledListing,
-    ScheduledRow, SeedCounts, SlotGrant, SlotState, StatusData, Store, StoreError, TestContact,
-    VehicleRow, Written,
+    BadValue, Cell, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData, DueScheduled, GenRow,
+    Generated, ImportBatch, ImportCounts, ImportLookup, ImportSource, ImportTable, ImportValues,
+    ImportedRow, InputScan, InvoiceRow, NewMessage, NewScheduled, Recorded, Result,
+    ScheduledAdvance, ScheduledEdit, ScheduledListing, ScheduledRow, SeedCounts, SlotGrant,
+    SlotState, StatusData, Store, StoreError, TestContact, VehicleRow, Written,
 };
 use crate::domain::channel::{ChannelKind, Route};
 use crate::domain::dates;
@@ -70,15 +68,39 @@ fn ts(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+impl Dialect for Sqlite {
+    type Instant = String;
+
+    fn instant(at: DateTime<Utc>) -> String {
+        ts(at)
+    }
+
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    const FOR_UPDATE: &'static str = "";
+
+    type Ids = String;
+    type Keys = String;
+
+    fn ids(ids: &[i64]) -> String {
+        serde_json::to_string(ids).unwrap_or_default()
+    }
+
+    fn keys(keys: &[&str]) -> String {
+        serde_json::to_string(keys).unwrap_or_default()
+    }
+
+    fn one_of(expr: &str, param: &str) -> String {
+        format!("{expr} IN (SELECT value FROM json_each({param}))")
+    }
+}
+
 /// The real clock of this store (SQLite lives on one host): now, and now plus `d`.
 fn real(d: Duration) -> String {
     let now = crate::clock::real_now();
     ts(now.checked_add_signed(chrono::Duration::from_std(d).unwrap_or_default()).unwrap_or(now))
-}
-
-/// SQL written for both dialects (`$1`) in SQLite's numbered form (`?1`).
-fn numbered(sql: &str) -> String {
-    sql.replace('$', "?")
 }
 
 fn real_ns() -> i64 {
@@ -676,7 +698,7 @@ async fn generate(
     let columns = "kind, subject_id, stage, event_date, dedup_key, contact_id, channel, \
                    connection, body, media_url, fanout, status, last_error";
     let statements = if dry_run {
-        let new = "NOT EXISTS (SELECT 1 FROM messages m WHERE m.dedup_key = u.dedup_key)";
+        let new = sql::NOT_QUEUED;
         [rows_sql(kind, source), extras_sql(kind, source, new)].map(|rows| {
             format!(
                 "SELECT NULL AS id, n.kind, n.subject_id, n.stage, n.channel, n.status, \
@@ -1127,11 +1149,7 @@ impl Store for SqliteStore {
     async fn cancel_settled(&self, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<GenRow>> {
         let _ = now;
         let sql = if dry_run {
-            "SELECT m.id, m.kind, m.subject_id, m.stage, m.channel, 'cancelled' AS status, \
-                 'invoice is ' || i.status AS error, m.dedup_key, m.contact_id, m.event_date, \
-                 m.connection \
-             FROM messages m JOIN invoices i ON i.id = m.subject_id \
-             WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.status <> 'unpaid'"
+            sql::SETTLED_PREVIEW
         } else {
             "UPDATE messages SET status = 'cancelled', last_error = 'invoice is ' || i.status \
              FROM invoices i \
@@ -1156,10 +1174,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<SlotGrant>> {
         let key = route.key();
         let mut w = Writer::begin(&self.pool).await?;
-        sqlx::query("INSERT INTO channel_state (channel) VALUES (?1) ON CONFLICT DO NOTHING")
-            .bind(&key)
-            .execute(w.conn())
-            .await?;
+        sqlx::query(sql::ENSURE_ROUTE).bind(&key).execute(w.conn()).await?;
         let next: i64 =
             sqlx::query_scalar("SELECT next_slot_ns FROM channel_state WHERE channel = ?1")
                 .bind(&key)
@@ -1169,26 +1184,14 @@ impl Store for SqliteStore {
             w.commit().await?;
             return Ok(None);
         };
-        sqlx::query("UPDATE channel_state SET next_slot_ns = ?2 WHERE channel = ?1")
-            .bind(&key)
-            .bind(grant.end_ns)
-            .execute(w.conn())
-            .await?;
+        sqlx::query(sql::TAKE_SLOTS).bind(&key).bind(grant.end_ns).execute(w.conn()).await?;
         w.commit().await?;
         Ok(Some(grant))
     }
 
     async fn return_slots(&self, route: &Route, grant: SlotGrant, unused: u32) -> Result<()> {
         let mut c = Single::acquire(&self.pool).await?;
-        sqlx::query(
-            "UPDATE channel_state SET next_slot_ns = next_slot_ns - ?3 \
-             WHERE channel = ?1 AND next_slot_ns = ?2",
-        )
-        .bind(route.key())
-        .bind(grant.end_ns)
-        .bind(i64::from(unused).saturating_mul(grant.interval_ns))
-        .execute(c.conn())
-        .await?;
+        sql::return_slots::<Sqlite>(c.conn(), route, grant, unused).await?;
         c.done();
         Ok(())
     }
@@ -1202,10 +1205,7 @@ impl Store for SqliteStore {
     ) -> Result<u32> {
         let key = route.key();
         let mut w = Writer::begin(&self.pool).await?;
-        sqlx::query("INSERT INTO channel_state (channel) VALUES (?1) ON CONFLICT DO NOTHING")
-            .bind(&key)
-            .execute(w.conn())
-            .await?;
+        sqlx::query(sql::ENSURE_ROUTE).bind(&key).execute(w.conn()).await?;
         let (used_month, used): (Option<String>, i64) =
             sqlx::query_as("SELECT quota_month, quota_used FROM channel_state WHERE channel = ?1")
                 .bind(&key)
@@ -1514,54 +1514,9 @@ impl Store for SqliteStore {
     }
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
-        let counts = sqlx::query_as(
-            "SELECT kind, status, channel, count(*) AS count FROM messages \
-             GROUP BY kind, status, channel ORDER BY kind, status, channel",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let rows = sqlx::query(
-            "SELECT m.id, m.kind, m.stage, m.channel, m.recipient, m.status, \
-                 m.last_error AS error, \
-                 COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), \
-                     m.created_at) AS at \
-             FROM messages m WHERE m.status = 'failed' \
-                 OR (m.status IN ('pending', 'skipped') AND m.last_error IS NOT NULL) \
-             ORDER BY m.id DESC LIMIT ?1",
-        )
-        .bind(failures)
-        .fetch_all(&self.pool)
-        .await?;
-        let failures = rows
-            .iter()
-            .map(|r| {
-                Ok(Failure {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    stage: r.try_get("stage")?,
-                    channel: r.try_get("channel")?,
-                    recipient: r.try_get("recipient")?,
-                    status: r.try_get("status")?,
-                    error: r.try_get("error")?,
-                    at: r.try_get("at")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let down = sqlx::query(
-            "SELECT channel, down_reason, down_since FROM channel_state \
-             WHERE down_reason IS NOT NULL ORDER BY channel",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(ChannelDown {
-                channel: r.try_get("channel")?,
-                reason: r.try_get("down_reason")?,
-                since: r.try_get::<Option<DateTime<Utc>>, _>("down_since")?.unwrap_or(now),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+        let mut c = Single::acquire(&self.pool).await?;
+        let (counts, failures, down) = sql::status_rows::<Sqlite>(c.conn(), failures, now).await?;
+        c.done();
         let due = sqlx::query_as::<_, (String, i64)>(
             "SELECT channel, count(*) FROM messages \
              WHERE (status = 'pending' AND next_attempt_at <= ?1) \
@@ -1592,28 +1547,9 @@ impl Store for SqliteStore {
     }
 
     async fn insert_messages(&self, rows: &[NewMessage], now: DateTime<Utc>) -> Result<Vec<i64>> {
-        let mut ids = Vec::new();
-        for r in rows {
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO messages (kind, subject_id, stage, event_date, dedup_key, origin, \
-                     contact_id, channel, recipient, body, status, next_attempt_at, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'manual', ?6, ?7, ?8, ?9, 'pending', ?10, ?10) \
-                 ON CONFLICT (dedup_key, channel) DO NOTHING RETURNING id",
-            )
-            .bind(r.kind.as_str())
-            .bind(r.subject_id)
-            .bind(&r.stage)
-            .bind(r.event_date.map(|d| d.to_string()))
-            .bind(&r.dedup_key)
-            .bind(r.contact_id)
-            .bind(&r.channel)
-            .bind(&r.recipient)
-            .bind(&r.body)
-            .bind(ts(now))
-            .fetch_optional(&self.pool)
-            .await?;
-            ids.extend(id);
-        }
+        let mut c = Single::acquire(&self.pool).await?;
+        let ids = sql::insert_messages::<Sqlite>(c.conn(), rows, now).await?;
+        c.done();
         Ok(ids)
     }
 
@@ -1625,40 +1561,9 @@ impl Store for SqliteStore {
         dry_run: bool,
     ) -> Result<Option<TestContact>> {
         let mut w = Writer::begin(&self.pool).await?;
-        let found: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, name FROM contacts WHERE is_test = 1 AND lower(email) = lower(?1) \
-             ORDER BY id LIMIT 1",
-        )
-        .bind(email)
-        .fetch_optional(w.conn())
-        .await?;
-        if dry_run {
-            return Ok(found.map(|(id, name)| TestContact { id, name, existed: true }));
-        }
-        let contact = if let Some((id, name)) = found {
-            sqlx::query(
-                "UPDATE contacts SET phone = ?2, channels = 'email,whatsapp', opted_out_at = NULL \
-                 WHERE id = ?1 AND is_test = 1",
-            )
-            .bind(id)
-            .bind(phone)
-            .execute(w.conn())
-            .await?;
-            TestContact { id, name, existed: true }
-        } else {
-            let id = sqlx::query_scalar(
-                "INSERT INTO contacts (name, email, phone, channels, is_test) \
-                 VALUES (?1, ?2, ?3, 'email,whatsapp', 1) RETURNING id",
-            )
-            .bind(name)
-            .bind(email)
-            .bind(phone)
-            .fetch_one(w.conn())
-            .await?;
-            TestContact { id, name: name.to_string(), existed: false }
-        };
+        let contact = sql::test_contact::<Sqlite>(w.conn(), name, email, phone, dry_run).await?;
         w.commit().await?;
-        Ok(Some(contact))
+        Ok(contact)
     }
 
     async fn create_test_invoice(
@@ -1668,104 +1573,16 @@ impl Store for SqliteStore {
         amount: i64,
         due: NaiveDate,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO invoices (contact_id, number, amount, due_date, is_test) \
-             VALUES (?1, ?2, ?3, ?4, 1) RETURNING id",
-        )
-        .bind(contact_id)
-        .bind(number)
-        .bind(amount)
-        .bind(due.to_string())
-        .fetch_one(&self.pool)
-        .await?)
+        let mut c = Single::acquire(&self.pool).await?;
+        let id =
+            sql::create_test_invoice::<Sqlite>(c.conn(), contact_id, number, amount, due).await?;
+        c.done();
+        Ok(id)
     }
 
     async fn seed(&self, demo: &DemoData, reset: bool) -> Result<SeedCounts> {
         let mut w = Writer::begin(&self.pool).await?;
-        let mut counts = SeedCounts::default();
-        if reset {
-            let demo_contacts = "SELECT id FROM contacts WHERE demo_key IS NOT NULL";
-            sqlx::query(&format!(
-                "DELETE FROM delivery_attempts WHERE message_id IN \
-                 (SELECT id FROM messages WHERE contact_id IN ({demo_contacts}))"
-            ))
-            .execute(w.conn())
-            .await?;
-            counts.removed +=
-                sqlx::query(&format!("DELETE FROM messages WHERE contact_id IN ({demo_contacts})"))
-                    .execute(w.conn())
-                    .await?
-                    .rows_affected();
-            for table in ["invoices", "vehicles", "scheduled_messages", "contacts"] {
-                counts.removed +=
-                    sqlx::query(&format!("DELETE FROM {table} WHERE demo_key IS NOT NULL"))
-                        .execute(w.conn())
-                        .await?
-                        .rows_affected();
-            }
-        }
-        for c in &demo.contacts {
-            counts.contacts += sqlx::query(
-                "INSERT INTO contacts (demo_key, name, phone, email, telegram_chat_id, channels) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (demo_key) DO NOTHING",
-            )
-            .bind(&c.key)
-            .bind(&c.name)
-            .bind(&c.phone)
-            .bind(&c.email)
-            .bind(&c.telegram_chat_id)
-            .bind(&c.channels)
-            .execute(w.conn())
-            .await?
-            .rows_affected();
-        }
-        let contact = "(SELECT id FROM contacts WHERE demo_key = ?2)";
-        for i in &demo.invoices {
-            counts.invoices += sqlx::query(&format!(
-                "INSERT INTO invoices (demo_key, contact_id, number, amount, due_date) \
-                 VALUES (?1, {contact}, ?3, ?4, ?5) ON CONFLICT (demo_key) DO NOTHING"
-            ))
-            .bind(&i.key)
-            .bind(&i.contact_key)
-            .bind(&i.number)
-            .bind(i.amount)
-            .bind(i.due_date.to_string())
-            .execute(w.conn())
-            .await?
-            .rows_affected();
-        }
-        for v in &demo.vehicles {
-            counts.vehicles += sqlx::query(&format!(
-                "INSERT INTO vehicles (demo_key, contact_id, plate_no, last_visit_date, \
-                     next_visit_date) \
-                 VALUES (?1, {contact}, ?3, ?4, ?5) ON CONFLICT (demo_key) DO NOTHING"
-            ))
-            .bind(&v.key)
-            .bind(&v.contact_key)
-            .bind(&v.plate_no)
-            .bind(v.last_visit_date.to_string())
-            .bind(v.next_visit_date.map(|d| d.to_string()))
-            .execute(w.conn())
-            .await?
-            .rows_affected();
-        }
-        for s in &demo.scheduled {
-            counts.scheduled += sqlx::query(&format!(
-                "INSERT INTO scheduled_messages (demo_key, contact_id, channel, body, \
-                     scheduled_at, recurrence, created_by) \
-                 VALUES (?1, {contact}, ?3, ?4, ?5, ?6, 'reminderctl seed') \
-                 ON CONFLICT (demo_key) DO NOTHING"
-            ))
-            .bind(&s.key)
-            .bind(&s.contact_key)
-            .bind(&s.channel)
-            .bind(&s.body)
-            .bind(ts(s.scheduled_at))
-            .bind(&s.recurrence)
-            .execute(w.conn())
-            .await?
-            .rows_affected();
-        }
+        let counts = sql::seed::<Sqlite>(w.conn(), demo, reset).await?;
         w.commit().await?;
         Ok(counts)
     }
@@ -1789,27 +1606,7 @@ impl Store for SqliteStore {
 
     async fn add_scheduled(&self, rows: &[NewScheduled]) -> Result<Vec<i64>> {
         let mut w = Writer::begin(&self.pool).await?;
-        let mut ids = Vec::new();
-        for r in rows {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO scheduled_messages (contact_id, channel, body, media_url, caption, \
-                     scheduled_at, next_run_at, recurrence, connection, created_by, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending') RETURNING id",
-            )
-            .bind(r.contact_id)
-            .bind(&r.channel)
-            .bind(&r.body)
-            .bind(&r.media_url)
-            .bind(&r.caption)
-            .bind(ts(r.scheduled_at))
-            .bind(r.next_run_at.map(ts))
-            .bind(&r.recurrence)
-            .bind(&r.connection)
-            .bind(&r.created_by)
-            .fetch_one(w.conn())
-            .await?;
-            ids.push(id);
-        }
+        let ids = sql::add_scheduled::<Sqlite>(w.conn(), rows).await?;
         w.commit().await?;
         Ok(ids)
     }
@@ -1820,21 +1617,12 @@ impl Store for SqliteStore {
         contact: Option<i64>,
         created_by: Option<&str>,
     ) -> Result<Vec<ScheduledListing>> {
-        let rows = sqlx::query(
-            "SELECT s.id, s.contact_id, c.name AS contact_name, s.channel, s.connection, s.body, \
-                 s.media_url, s.caption, s.recurrence, s.status, \
-                 COALESCE(s.next_run_at, s.scheduled_at) AS next_run, s.error, s.message_id, \
-                 s.sent_at, s.created_by \
-             FROM scheduled_messages s LEFT JOIN contacts c ON c.id = s.contact_id \
-             WHERE (?1 IS NULL OR s.id = ?1) AND (?2 IS NULL OR s.contact_id = ?2) \
-               AND (?3 IS NULL OR s.created_by = ?3) \
-             ORDER BY s.id DESC",
-        )
-        .bind(id)
-        .bind(contact)
-        .bind(created_by)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(sql::LIST_SCHEDULED)
+            .bind(id)
+            .bind(contact)
+            .bind(created_by)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::new();
         for row in &rows {
             let id: i64 = row.try_get("id")?;
@@ -1871,68 +1659,13 @@ impl Store for SqliteStore {
 
     async fn edit_scheduled(&self, id: i64, edit: &ScheduledEdit) -> Result<()> {
         let mut w = Writer::begin(&self.pool).await?;
-        let (at, next) = edit.timing.map_or((None, None), |(a, n)| (Some(a), n));
-        sqlx::query(
-            "UPDATE scheduled_messages SET body = COALESCE(?2, body), \
-                 channel = COALESCE(?3, channel), \
-                 media_url = CASE WHEN ?4 THEN ?5 ELSE media_url END, \
-                 caption = CASE WHEN ?6 THEN ?7 ELSE caption END, \
-                 connection = CASE WHEN ?8 THEN ?9 ELSE connection END, \
-                 recurrence = COALESCE(?10, recurrence), \
-                 scheduled_at = COALESCE(?11, scheduled_at), \
-                 next_run_at = CASE WHEN ?11 IS NOT NULL THEN ?12 ELSE next_run_at END, \
-                 status = COALESCE(?13, status) \
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(&edit.body)
-        .bind(&edit.channel)
-        .bind(edit.media_url.is_some())
-        .bind(edit.media_url.clone().flatten())
-        .bind(edit.caption.is_some())
-        .bind(edit.caption.clone().flatten())
-        .bind(edit.connection.is_some())
-        .bind(edit.connection.clone().flatten())
-        .bind(&edit.recurrence)
-        .bind(at.map(ts))
-        .bind(next.map(ts))
-        .bind(&edit.status)
-        .execute(w.conn())
-        .await?;
-        if let Some(at) = at {
-            // A queued occurrence that has not gone out follows its message to the new time.
-            sqlx::query(
-                "UPDATE messages SET next_attempt_at = ?2 \
-                 WHERE kind = 'scheduled' AND subject_id = ?1 AND status = 'pending'",
-            )
-            .bind(id)
-            .bind(ts(next.unwrap_or(at)))
-            .execute(w.conn())
-            .await?;
-        }
-        w.commit().await?;
-        Ok(())
+        sql::edit_scheduled::<Sqlite>(w.conn(), id, edit).await?;
+        w.commit().await
     }
 
     async fn cancel_scheduled(&self, id: i64, by: Option<&str>) -> Result<u64> {
         let mut w = Writer::begin(&self.pool).await?;
-        sqlx::query("UPDATE scheduled_messages SET status = 'cancelled' WHERE id = ?1")
-            .bind(id)
-            .execute(w.conn())
-            .await?;
-        let reason = match by {
-            Some(user) => format!("the scheduled message was cancelled by {user}"),
-            None => "the scheduled message was cancelled".to_string(),
-        };
-        let n = sqlx::query(
-            "UPDATE messages SET status = 'cancelled', last_error = ?2 \
-             WHERE kind = 'scheduled' AND subject_id = ?1 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(reason)
-        .execute(w.conn())
-        .await?
-        .rows_affected();
+        let n = sql::cancel_scheduled::<Sqlite>(w.conn(), id, by).await?;
         w.commit().await?;
         Ok(n)
     }
@@ -2080,16 +1813,8 @@ impl Store for SqliteStore {
 
     async fn pass_history(&self) -> Result<PassHistory> {
         let mut out = PassHistory { real_now: crate::clock::real_now(), last: None, last_ok: None };
-        for (slot, filter) in [
-            (&mut out.last, ""),
-            (&mut out.last_ok, "WHERE finished_at IS NOT NULL AND error IS NULL"),
-        ] {
-            let row = sqlx::query(&format!(
-                "SELECT {PASS_COLUMNS} FROM passes {filter} ORDER BY started_at DESC, id DESC \
-                 LIMIT 1"
-            ))
-            .fetch_optional(&self.pool)
-            .await?;
+        for (slot, filter) in [(&mut out.last, ""), (&mut out.last_ok, PASS_OK)] {
+            let row = sqlx::query(&sql::latest_pass(filter)).fetch_optional(&self.pool).await?;
             *slot = row.map(|r| pass_record(&r)).transpose()?;
         }
         Ok(out)
@@ -2097,71 +1822,9 @@ impl Store for SqliteStore {
 
     async fn retry_failed(&self, select: &RetrySelect, now: DateTime<Utc>) -> Result<Retried> {
         let mut w = Writer::begin(&self.pool).await?;
-        let (named, candidates): (Option<&[i64]>, Vec<RetryCandidate>) = match select {
-            RetrySelect::Ids(ids) => (
-                Some(ids),
-                sqlx::query_as(&format!(
-                    "SELECT {RETRY_COLUMNS} FROM messages m \
-                     WHERE m.id IN (SELECT value FROM json_each(?1)) ORDER BY m.id"
-                ))
-                .bind(serde_json::to_string(ids).unwrap_or_default())
-                .fetch_all(w.conn())
-                .await?,
-            ),
-            RetrySelect::FailedSince(since) => (
-                None,
-                sqlx::query_as(&format!(
-                    "SELECT {RETRY_COLUMNS} FROM messages m \
-                     WHERE m.status = 'failed' AND {FAILED_AT} >= ?1 ORDER BY m.id"
-                ))
-                .bind(ts(*since))
-                .fetch_all(w.conn())
-                .await?,
-            ),
-        };
-        let keys: Vec<&str> = candidates.iter().map(|c| c.dedup_key.as_str()).collect();
-        let standing: Vec<Standing> =
-            sqlx::query_as(&format!("{STANDING_ROWS} IN (SELECT value FROM json_each(?1))"))
-                .bind(serde_json::to_string(&keys).unwrap_or_default())
-                .fetch_all(w.conn())
-                .await?;
-        let (chosen, refused) = retry_plan(named, &candidates, &|c| beside(&standing, c));
-        let at = ts(now);
-        for c in &chosen {
-            sqlx::query(
-                "INSERT INTO delivery_attempts (message_id, attempt, channel, provider, outcome, \
-                     error, at) \
-                 SELECT id, attempts, channel, provider, 'requeued', \
-                     'put back as pending by retry, after: ' || COALESCE(last_error, 'no reason'), \
-                     ?2 \
-                 FROM messages WHERE id = ?1",
-            )
-            .bind(c.id)
-            .bind(&at)
-            .execute(w.conn())
-            .await?;
-            sqlx::query(
-                "UPDATE messages SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
-                     claimed_until = NULL, claimed_by = NULL, last_error = NULL \
-                 WHERE id = ?1 AND status = 'failed'",
-            )
-            .bind(c.id)
-            .bind(&at)
-            .execute(w.conn())
-            .await?;
-            sqlx::query(
-                "UPDATE scheduled_messages SET status = 'processing' \
-                 WHERE status = 'failed' AND id = (SELECT subject_id FROM messages \
-                     WHERE id = ?1 AND kind = 'scheduled')",
-            )
-            .bind(c.id)
-            .execute(w.conn())
-            .await?;
-        }
+        let retried = sql::retry_failed::<Sqlite>(w.conn(), select, now).await?;
         w.commit().await?;
-        let retried =
-            chosen.iter().map(|c| (c.id, c.channel.clone(), c.recipient.clone())).collect();
-        Ok(Retried { retried, refused })
+        Ok(retried)
     }
 
     async fn prune(&self, cut: &PruneCut, dry_run: bool) -> Result<Pruned> {
@@ -2174,17 +1837,13 @@ impl Store for SqliteStore {
                 .bind(cut.dunning_due_until.to_string())
                 .bind(cut.visit_before.to_string())
         }
-        let keys = numbered(&prune_keys(
+        let keys = prune_keys(
             "CAST(substr(m.dedup_key, 11 + instr(substr(m.dedup_key, 11), ':')) AS INTEGER)",
             "unixepoch(COALESCE(s.next_run_at, s.scheduled_at))",
-        ));
-        let mut w = Writer::begin(&self.pool).await?;
-        let attempts = format!(
-            "DELETE FROM delivery_attempts WHERE message_id IN \
-             (SELECT id FROM messages WHERE dedup_key IN ({keys}))"
         );
+        let mut w = Writer::begin(&self.pool).await?;
+        let [attempts, messages] = prune_deletes(&keys);
         let attempts = bind(&attempts, cut).execute(w.conn()).await?.rows_affected();
-        let messages = format!("DELETE FROM messages WHERE dedup_key IN ({keys})");
         let messages = bind(&messages, cut).execute(w.conn()).await?.rows_affected();
         let real = crate::clock::real_now();
         let passes_before = real
