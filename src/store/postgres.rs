@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::sql::{self, prune_deletes, prune_keys, Dialect, OPEN_MESSAGES, PASS_OK};
 use super::{
-    count, pass_record, PassCounts, PassHistory, PassStart, PruneCut, Pruned, Retried, RetrySelect,
+    pass_record, PassCounts, PassHistory, PassStart, PruneCut, Pruned, Retried, RetrySelect,
 };
 use super::{
     BadValue, Cell, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData, DueScheduled, GenRow,
@@ -43,6 +43,8 @@ impl Dialect for sqlx::Postgres {
     }
 
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+
+    const REAL_NOW: &'static str = "now()";
 
     type Ids = Vec<i64>;
     type Keys = Vec<String>;
@@ -727,17 +729,9 @@ impl Store for PgStore {
 
     async fn due_by_connection(&self, now: DateTime<Utc>) -> Result<Vec<(Option<String>, u64)>> {
         let mut p = self.primary().await?;
-        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
-            "SELECT connection, count(*) FROM messages \
-             WHERE channel = 'whatsapp' AND ((status = 'pending' AND next_attempt_at <= $1) \
-                 OR (status = 'sending' AND claimed_until <= now())) \
-             GROUP BY connection ORDER BY connection",
-        )
-        .bind(now)
-        .fetch_all(p.conn()?)
-        .await?;
+        let rows = sql::due_by_connection::<sqlx::Postgres>(p.conn()?, now).await?;
         p.done();
-        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
+        Ok(rows)
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>> {
@@ -925,17 +919,7 @@ impl Store for PgStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut c = self.pooled().await?;
-        sqlx::query(
-            "INSERT INTO channel_state (channel, down_reason, down_since) VALUES ($1, $2, $3) \
-             ON CONFLICT (channel) DO UPDATE SET down_reason = EXCLUDED.down_reason, \
-                 down_since = CASE WHEN EXCLUDED.down_reason IS NULL THEN NULL \
-                     ELSE COALESCE(channel_state.down_since, EXCLUDED.down_since) END",
-        )
-        .bind(route.key())
-        .bind(reason)
-        .bind(reason.map(|_| now))
-        .execute(c.conn())
-        .await?;
+        sql::set_channel_down::<sqlx::Postgres>(c.conn(), route, reason, now).await?;
         c.done();
         Ok(())
     }
@@ -947,18 +931,12 @@ impl Store for PgStore {
         limit: i64,
     ) -> Result<Vec<GenRow>> {
         let mut p = self.primary().await?;
-        let rows = sqlx::query_as::<_, GenRow>(
-            "SELECT id, kind, subject_id, stage, channel, status, last_error AS error, dedup_key, \
-                 contact_id, event_date, connection FROM messages \
-             WHERE channel = $1 AND ((status = 'pending' AND next_attempt_at <= $2) \
-                 OR (status = 'sending' AND claimed_until <= now())) \
-             ORDER BY next_attempt_at, id LIMIT $3",
-        )
-        .bind(channel.as_str())
-        .bind(now)
-        .bind(limit)
-        .fetch_all(p.conn()?)
-        .await?;
+        let rows = sqlx::query_as::<_, GenRow>(&sql::preview_due::<sqlx::Postgres>())
+            .bind(now)
+            .bind(channel.as_str())
+            .bind(limit)
+            .fetch_all(p.conn()?)
+            .await?;
         p.done();
         Ok(rows)
     }
@@ -1021,17 +999,8 @@ impl Store for PgStore {
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
         let mut p = self.primary().await?;
-        let (counts, failures, down) =
+        let sql::StatusRows { counts, failures, down, due } =
             sql::status_rows::<sqlx::Postgres>(p.conn()?, failures, now).await?;
-        let due = sqlx::query_as::<_, (String, i64)>(
-            "SELECT channel, count(*) FROM messages \
-             WHERE (status = 'pending' AND next_attempt_at <= $1) \
-                 OR (status = 'sending' AND claimed_until <= now()) \
-             GROUP BY channel ORDER BY channel",
-        )
-        .bind(now)
-        .fetch_all(p.conn()?)
-        .await?;
         let slots = sqlx::query_as::<_, (String, i64, Option<String>, i64)>(
             "SELECT channel, GREATEST(next_slot_ns \
                  - (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint, 0), \
@@ -1320,39 +1289,14 @@ impl Store for PgStore {
 
     async fn begin_pass(&self, start: &PassStart) -> Result<i64> {
         let mut p = self.primary().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO passes (command, host, pid, business_now, started_at) \
-             VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING id",
-        )
-        .bind(start.command)
-        .bind(&start.host)
-        .bind(i64::from(start.pid))
-        .bind(start.business_now)
-        .fetch_one(p.conn()?)
-        .await?;
+        let id = sql::begin_pass::<sqlx::Postgres>(p.conn()?, start).await?;
         p.done();
         Ok(id)
     }
 
     async fn finish_pass(&self, id: i64, counts: &PassCounts, error: Option<&str>) -> Result<()> {
         let mut p = self.primary().await?;
-        sqlx::query(
-            "UPDATE passes SET finished_at = clock_timestamp(), generated = $2, sent = $3, \
-                 failed = $4, retried = $5, deferred = $6, cancelled = $7, skipped = $8, \
-                 error = $9 \
-             WHERE id = $1",
-        )
-        .bind(id)
-        .bind(count(counts.generated))
-        .bind(count(counts.sent))
-        .bind(count(counts.failed))
-        .bind(count(counts.retried))
-        .bind(count(counts.deferred))
-        .bind(count(counts.cancelled))
-        .bind(count(counts.skipped))
-        .bind(error)
-        .execute(p.conn()?)
-        .await?;
+        sql::finish_pass::<sqlx::Postgres>(p.conn()?, id, counts, error).await?;
         p.done();
         Ok(())
     }

@@ -9,7 +9,10 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::{beside, retry_plan, Retried, RetryCandidate, RetrySelect, Standing};
+use super::{
+    beside, count, retry_plan, PassCounts, PassStart, Retried, RetryCandidate, RetrySelect,
+    Standing,
+};
 use super::{
     ChannelDown, DemoData, Failure, NewMessage, NewScheduled, Result, ScheduledEdit, SeedCounts,
     SlotGrant, StatusCount, TestContact,
@@ -42,6 +45,30 @@ pub(crate) trait Dialect: Database {
 
     /// `expr` is one of the list bound as `param`.
     fn one_of(expr: &str, param: &str) -> String;
+
+    /// The store's real clock, as SQL: what leases and passes are timed by (SPEC §10), never
+    /// the business clock `--now`.
+    const REAL_NOW: &'static str;
+}
+
+/// Whether a message can be claimed: pending and due by the business clock `$1`, or held by a
+/// pass whose lease has run out on the store's real clock.
+fn due<DB: Dialect>() -> String {
+    format!(
+        "((status = 'pending' AND next_attempt_at <= $1) \
+         OR (status = 'sending' AND claimed_until <= {}))",
+        DB::REAL_NOW
+    )
+}
+
+/// `send --dry-run`: up to `$3` of what a pass could claim on channel `$2` now, in claim order.
+pub(crate) fn preview_due<DB: Dialect>() -> String {
+    format!(
+        "SELECT id, kind, subject_id, stage, channel, status, last_error AS error, dedup_key, \
+             contact_id, event_date, connection FROM messages \
+         WHERE channel = $2 AND {} ORDER BY next_attempt_at, id LIMIT $3",
+        due::<DB>()
+    )
 }
 
 /// [`super::Store::has_open_messages`]. One branch per status, so that each reads the head of
@@ -53,7 +80,7 @@ pub const OPEN_MESSAGES: &str = "SELECT count(*) FROM (\
     UNION ALL SELECT 1 FROM messages WHERE status = 'sending' LIMIT 1) x";
 
 /// The columns of `passes` that [`super::PassRecord`] reads.
-pub(crate) const PASS_COLUMNS: &str = "id, command, host, pid, business_now, started_at, \
+const PASS_COLUMNS: &str = "id, command, host, pid, business_now, started_at, \
     finished_at, generated, sent, failed, retried, deferred, cancelled, skipped, error";
 
 /// The latest pass (`filter` empty), or the latest that matches `filter`.
@@ -65,9 +92,9 @@ pub(crate) fn latest_pass(filter: &str) -> String {
 pub(crate) const PASS_OK: &str = "WHERE finished_at IS NOT NULL AND error IS NULL";
 
 /// The retry candidates' columns, and the failure time `--failed-since` compares.
-pub(crate) const RETRY_COLUMNS: &str = "m.id, m.status, m.dedup_key, m.channel, m.origin, \
+const RETRY_COLUMNS: &str = "m.id, m.status, m.dedup_key, m.channel, m.origin, \
     m.recipient";
-pub(crate) const FAILED_AT: &str =
+const FAILED_AT: &str =
     "COALESCE((SELECT max(a.at) FROM delivery_attempts a WHERE a.message_id = m.id), m.created_at)";
 
 /// The messages `prune` deletes (`$1` … `$3` are [`super::PruneCut::before`],
@@ -121,7 +148,7 @@ pub(crate) const LIST_SCHEDULED: &str =
      ORDER BY s.id DESC";
 
 /// `retry --failed-since`: the failed messages whose failure is at or after `$1`, locked.
-pub(crate) fn failed_since<DB: Dialect>() -> String {
+fn failed_since<DB: Dialect>() -> String {
     format!(
         "SELECT {RETRY_COLUMNS} FROM messages m \
          WHERE m.status = 'failed' AND {FAILED_AT} >= $1 ORDER BY m.id{}",
@@ -224,6 +251,117 @@ pub(crate) const ENSURE_ROUTE: &str =
 /// Moves a route's next free slot past a grant (in the slot lock's transaction).
 pub(crate) const TAKE_SLOTS: &str = "UPDATE channel_state SET next_slot_ns = $2 WHERE channel = $1";
 
+/// WhatsApp's due messages by connection, for the per-connection lanes.
+pub(crate) async fn due_by_connection<DB>(
+    conn: &mut DB::Connection,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Option<String>, u64)>>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> (Option<String>, i64): FromRow<'r, DB::Row>,
+{
+    let rows = sqlx::query_as::<DB, (Option<String>, i64)>(&format!(
+        "SELECT connection, count(*) FROM messages WHERE channel = 'whatsapp' AND {} \
+         GROUP BY connection ORDER BY connection",
+        due::<DB>()
+    ))
+    .bind(DB::instant(now))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
+}
+
+/// Marks a route down with `reason` (since `now`, unless it was down already), or up with
+/// `None`.
+pub(crate) async fn set_channel_down<DB>(
+    conn: &mut DB::Connection,
+    route: &Route,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<()>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DB::Instant>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO channel_state (channel, down_reason, down_since) VALUES ($1, $2, $3) \
+         ON CONFLICT (channel) DO UPDATE SET down_reason = excluded.down_reason, \
+             down_since = CASE WHEN excluded.down_reason IS NULL THEN NULL \
+                 ELSE COALESCE(channel_state.down_since, excluded.down_since) END",
+    )
+    .bind(route.key())
+    .bind(reason)
+    .bind(reason.map(|_| DB::instant(now)))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that a pass started, on the store's real clock; returns its id.
+pub(crate) async fn begin_pass<DB>(conn: &mut DB::Connection, start: &PassStart) -> Result<i64>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<DB::Instant>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+{
+    Ok(sqlx::query_scalar::<DB, i64>(&format!(
+        "INSERT INTO passes (command, host, pid, business_now, started_at) \
+         VALUES ($1, $2, $3, $4, {}) RETURNING id",
+        DB::REAL_NOW
+    ))
+    .bind(start.command)
+    .bind(&start.host)
+    .bind(i64::from(start.pid))
+    .bind(start.business_now.map(DB::instant))
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// Records how a pass ended, on the store's real clock.
+pub(crate) async fn finish_pass<DB>(
+    conn: &mut DB::Connection,
+    id: i64,
+    counts: &PassCounts,
+    error: Option<&str>,
+) -> Result<()>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(&format!(
+        "UPDATE passes SET finished_at = {}, generated = $2, sent = $3, failed = $4, \
+             retried = $5, deferred = $6, cancelled = $7, skipped = $8, error = $9 \
+         WHERE id = $1",
+        DB::REAL_NOW
+    ))
+    .bind(id)
+    .bind(count(counts.generated))
+    .bind(count(counts.sent))
+    .bind(count(counts.failed))
+    .bind(count(counts.retried))
+    .bind(count(counts.deferred))
+    .bind(count(counts.cancelled))
+    .bind(count(counts.skipped))
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Gives back the slots a pass did not use, unless another pass has reserved after it.
 pub(crate) async fn return_slots<DB>(
     conn: &mut DB::Connection,
@@ -252,12 +390,20 @@ where
 }
 
 /// What `status` reads the same way on both backends: the counts, the latest `failures`
-/// problems, and the channels that are down (`now` stands for a missing `down_since`).
+/// problems, the channels that are down (`now` stands for a missing `down_since`), and what is
+/// due now on each channel.
+pub(crate) struct StatusRows {
+    pub counts: Vec<StatusCount>,
+    pub failures: Vec<Failure>,
+    pub down: Vec<ChannelDown>,
+    pub due: Vec<(String, i64)>,
+}
+
 pub(crate) async fn status_rows<DB>(
     conn: &mut DB::Connection,
     failures: i64,
     now: DateTime<Utc>,
-) -> Result<(Vec<StatusCount>, Vec<Failure>, Vec<ChannelDown>)>
+) -> Result<StatusRows>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -266,6 +412,7 @@ where
     for<'r> StatusCount: FromRow<'r, DB::Row>,
     for<'r> Failure: FromRow<'r, DB::Row>,
     for<'r> (String, String, Option<DateTime<Utc>>): FromRow<'r, DB::Row>,
+    for<'r> (String, i64): FromRow<'r, DB::Row>,
 {
     let counts = sqlx::query_as::<DB, StatusCount>(
         "SELECT kind, status, channel, count(*) AS count FROM messages \
@@ -293,7 +440,14 @@ where
     .into_iter()
     .map(|(channel, reason, since)| ChannelDown { channel, reason, since: since.unwrap_or(now) })
     .collect();
-    Ok((counts, problems, down))
+    let due = sqlx::query_as::<DB, (String, i64)>(&format!(
+        "SELECT channel, count(*) FROM messages WHERE {} GROUP BY channel ORDER BY channel",
+        due::<DB>()
+    ))
+    .bind(DB::instant(now))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(StatusRows { counts, failures: problems, down, due })
 }
 
 /// Queues hand-made messages (`test-whatsapp`, `test-dunning`): one row each, unless its

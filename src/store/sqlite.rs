@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, Row, Sqlite, SqliteConnection, TypeInfo as _, ValueRe
 
 use super::sql::{self, prune_deletes, prune_keys, Dialect, OPEN_MESSAGES, PASS_OK};
 use super::{
-    count, pass_record, PassCounts, PassHistory, PassStart, PruneCut, Pruned, Retried, RetrySelect,
+    pass_record, PassCounts, PassHistory, PassStart, PruneCut, Pruned, Retried, RetrySelect,
 };
 use super::{
     BadValue, Cell, ClaimRequest, Claimed, ClaimedRow, ContactRow, DemoData, DueScheduled, GenRow,
@@ -80,6 +80,9 @@ impl Dialect for Sqlite {
     }
 
     const FOR_UPDATE: &'static str = "";
+
+    /// The fixed-width text [`ts`] writes, from SQLite's own reading of this host's clock.
+    const REAL_NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
     type Ids = String;
     type Keys = String;
@@ -1244,17 +1247,10 @@ impl Store for SqliteStore {
     }
 
     async fn due_by_connection(&self, now: DateTime<Utc>) -> Result<Vec<(Option<String>, u64)>> {
-        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
-            "SELECT connection, count(*) FROM messages \
-             WHERE channel = 'whatsapp' AND ((status = 'pending' AND next_attempt_at <= ?1) \
-                 OR (status = 'sending' AND claimed_until <= ?2)) \
-             GROUP BY connection ORDER BY connection",
-        )
-        .bind(ts(now))
-        .bind(real(Duration::ZERO))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(c, n)| (c, n.max(0) as u64)).collect())
+        let mut c = Single::acquire(&self.pool).await?;
+        let rows = sql::due_by_connection::<Sqlite>(c.conn(), now).await?;
+        c.done();
+        Ok(rows)
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<Claimed>> {
@@ -1456,17 +1452,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         let mut c = Single::acquire(&self.pool).await?;
-        sqlx::query(
-            "INSERT INTO channel_state (channel, down_reason, down_since) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (channel) DO UPDATE SET down_reason = excluded.down_reason, \
-                 down_since = CASE WHEN excluded.down_reason IS NULL THEN NULL \
-                     ELSE COALESCE(channel_state.down_since, excluded.down_since) END",
-        )
-        .bind(route.key())
-        .bind(reason)
-        .bind(reason.map(|_| ts(now)))
-        .execute(c.conn())
-        .await?;
+        sql::set_channel_down::<Sqlite>(c.conn(), route, reason, now).await?;
         c.done();
         Ok(())
     }
@@ -1477,19 +1463,12 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<GenRow>> {
-        let rows = sqlx::query(
-            "SELECT id, kind, subject_id, stage, channel, status, last_error AS error, dedup_key, \
-                 contact_id, event_date, connection FROM messages \
-             WHERE channel = ?1 AND ((status = 'pending' AND next_attempt_at <= ?2) \
-                 OR (status = 'sending' AND claimed_until <= ?4)) \
-             ORDER BY next_attempt_at, id LIMIT ?3",
-        )
-        .bind(channel.as_str())
-        .bind(ts(now))
-        .bind(limit)
-        .bind(real(Duration::ZERO))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&sql::preview_due::<Sqlite>())
+            .bind(ts(now))
+            .bind(channel.as_str())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| gen_row(r, r.try_get("status")?)).collect()
     }
 
@@ -1515,18 +1494,9 @@ impl Store for SqliteStore {
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
         let mut c = Single::acquire(&self.pool).await?;
-        let (counts, failures, down) = sql::status_rows::<Sqlite>(c.conn(), failures, now).await?;
+        let sql::StatusRows { counts, failures, down, due } =
+            sql::status_rows::<Sqlite>(c.conn(), failures, now).await?;
         c.done();
-        let due = sqlx::query_as::<_, (String, i64)>(
-            "SELECT channel, count(*) FROM messages \
-             WHERE (status = 'pending' AND next_attempt_at <= ?1) \
-                 OR (status = 'sending' AND claimed_until <= ?2) \
-             GROUP BY channel ORDER BY channel",
-        )
-        .bind(ts(now))
-        .bind(real(Duration::ZERO))
-        .fetch_all(&self.pool)
-        .await?;
         let real_now = real_ns();
         let slots = sqlx::query_as::<_, (String, i64, Option<String>, i64)>(
             "SELECT channel, next_slot_ns, quota_month, quota_used FROM channel_state \
@@ -1776,38 +1746,16 @@ impl Store for SqliteStore {
     }
 
     async fn begin_pass(&self, start: &PassStart) -> Result<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO passes (command, host, pid, business_now, started_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
-        )
-        .bind(start.command)
-        .bind(&start.host)
-        .bind(i64::from(start.pid))
-        .bind(start.business_now.map(ts))
-        .bind(ts(crate::clock::real_now()))
-        .fetch_one(&self.pool)
-        .await?;
+        let mut c = Single::acquire(&self.pool).await?;
+        let id = sql::begin_pass::<Sqlite>(c.conn(), start).await?;
+        c.done();
         Ok(id)
     }
 
     async fn finish_pass(&self, id: i64, counts: &PassCounts, error: Option<&str>) -> Result<()> {
-        sqlx::query(
-            "UPDATE passes SET finished_at = ?2, generated = ?3, sent = ?4, failed = ?5, \
-                 retried = ?6, deferred = ?7, cancelled = ?8, skipped = ?9, error = ?10 \
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(ts(crate::clock::real_now()))
-        .bind(count(counts.generated))
-        .bind(count(counts.sent))
-        .bind(count(counts.failed))
-        .bind(count(counts.retried))
-        .bind(count(counts.deferred))
-        .bind(count(counts.cancelled))
-        .bind(count(counts.skipped))
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+        let mut c = Single::acquire(&self.pool).await?;
+        sql::finish_pass::<Sqlite>(c.conn(), id, counts, error).await?;
+        c.done();
         Ok(())
     }
 
@@ -1899,6 +1847,19 @@ mod tests {
         let store = SqliteStore::connect(&url, Jakarta).await.unwrap();
         store.migrate().await.unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn the_real_clock_in_sql_is_the_text_ts_writes_and_compares_with_it() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let before = ts(crate::clock::real_now());
+        let sql: String = eval(&mut conn, Sqlite::REAL_NOW, "1").await;
+        let after = ts(crate::clock::real_now());
+        assert_eq!(sql.len(), before.len(), "{sql} against {before}");
+        assert!(sql.ends_with('Z') && sql.as_bytes()[10] == b'T', "{sql}");
+        // Both read the host's clock to the millisecond, so text order is time order.
+        assert!(before <= sql && sql <= after, "{before} <= {sql} <= {after}");
+        assert_eq!(DateTime::parse_from_rfc3339(&sql).map(|t| ts(t.to_utc())), Ok(sql));
     }
 
     #[tokio::test]
