@@ -714,15 +714,7 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut c = self.pooled().await?;
-        sqlx::query(
-            "UPDATE channel_state SET quota_used = GREATEST(quota_used - $3, 0) \
-             WHERE channel = $1 AND quota_month = $2",
-        )
-        .bind(route.key())
-        .bind(month)
-        .bind(i64::from(unused))
-        .execute(c.conn())
-        .await?;
+        sql::return_quota::<sqlx::Postgres>(c.conn(), route, month, unused).await?;
         c.done();
         Ok(())
     }
@@ -982,19 +974,9 @@ impl Store for PgStore {
 
     async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64> {
         let mut p = self.primary().await?;
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM messages \
-             WHERE channel = $1 AND connection IS NOT DISTINCT FROM $3 \
-               AND ((status = 'pending' AND next_attempt_at <= $2) \
-                 OR (status = 'sending' AND claimed_until <= now()))",
-        )
-        .bind(route.channel.as_str())
-        .bind(now)
-        .bind(route.connection.as_deref())
-        .fetch_one(p.conn()?)
-        .await?;
+        let n = sql::count_due::<sqlx::Postgres>(p.conn()?, route, now).await?;
         p.done();
-        Ok(n.max(0) as u64)
+        Ok(n)
     }
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {

@@ -362,6 +362,61 @@ where
     Ok(())
 }
 
+/// How many messages a pass could claim on `route` now.
+pub(crate) async fn count_due<DB>(
+    conn: &mut DB::Connection,
+    route: &Route,
+    now: DateTime<Utc>,
+) -> Result<u64>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'r> (i64,): FromRow<'r, DB::Row>,
+{
+    let n = sqlx::query_scalar::<DB, i64>(&format!(
+        "SELECT count(*) FROM messages \
+         WHERE channel = $2 AND connection IS NOT DISTINCT FROM $3 AND {}",
+        due::<DB>()
+    ))
+    .bind(DB::instant(now))
+    .bind(route.channel.as_str())
+    .bind(route.connection.as_deref())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n.max(0) as u64)
+}
+
+/// Gives back the part of a monthly quota reservation a pass did not use.
+pub(crate) async fn return_quota<DB>(
+    conn: &mut DB::Connection,
+    route: &Route,
+    month: &str,
+    unused: u32,
+) -> Result<()>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(
+        "UPDATE channel_state \
+         SET quota_used = CASE WHEN quota_used > $3 THEN quota_used - $3 ELSE 0 END \
+         WHERE channel = $1 AND quota_month = $2",
+    )
+    .bind(route.key())
+    .bind(month)
+    .bind(i64::from(unused))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Gives back the slots a pass did not use, unless another pass has reserved after it.
 pub(crate) async fn return_slots<DB>(
     conn: &mut DB::Connection,

@@ -1233,15 +1233,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut c = Single::acquire(&self.pool).await?;
-        sqlx::query(
-            "UPDATE channel_state SET quota_used = max(quota_used - ?3, 0) \
-             WHERE channel = ?1 AND quota_month = ?2",
-        )
-        .bind(route.key())
-        .bind(month)
-        .bind(i64::from(unused))
-        .execute(c.conn())
-        .await?;
+        sql::return_quota::<Sqlite>(c.conn(), route, month, unused).await?;
         c.done();
         Ok(())
     }
@@ -1477,19 +1469,10 @@ impl Store for SqliteStore {
     }
 
     async fn count_due(&self, route: &Route, now: DateTime<Utc>) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM messages \
-             WHERE channel = ?1 AND connection IS ?4 \
-               AND ((status = 'pending' AND next_attempt_at <= ?2) \
-                 OR (status = 'sending' AND claimed_until <= ?3))",
-        )
-        .bind(route.channel.as_str())
-        .bind(ts(now))
-        .bind(real(Duration::ZERO))
-        .bind(route.connection.as_deref())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n.max(0) as u64)
+        let mut c = Single::acquire(&self.pool).await?;
+        let n = sql::count_due::<Sqlite>(c.conn(), route, now).await?;
+        c.done();
+        Ok(n)
     }
 
     async fn status(&self, now: DateTime<Utc>, failures: i64) -> Result<StatusData> {
