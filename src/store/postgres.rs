@@ -629,16 +629,7 @@ impl Store for PgStore {
 
     async fn cancel_settled(&self, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<GenRow>> {
         let _ = now;
-        let sql = if dry_run {
-            sql::SETTLED_PREVIEW
-        } else {
-            "UPDATE messages m SET status = 'cancelled', last_error = 'invoice is ' || i.status \
-             FROM invoices i \
-             WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.id = m.subject_id \
-               AND i.status <> 'unpaid' \
-             RETURNING m.id, m.kind, m.subject_id, m.stage, m.channel, m.status, \
-                 m.last_error AS error, m.dedup_key, m.contact_id, m.event_date, m.connection"
-        };
+        let sql = if dry_run { sql::SETTLED_PREVIEW } else { sql::SETTLED_CANCEL };
         let mut p = self.primary().await?;
         let rows = sqlx::query_as::<_, GenRow>(sql).fetch_all(p.conn()?).await?;
         p.done();

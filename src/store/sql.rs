@@ -244,6 +244,17 @@ pub(crate) const SETTLED_PREVIEW: &str =
      FROM messages m JOIN invoices i ON i.id = m.subject_id \
      WHERE m.kind = 'dunning' AND m.status = 'pending' AND i.status <> 'unpaid'";
 
+/// `cancel_settled`: cancels the pending dunning reminders whose invoice is settled, and returns
+/// them as [`SETTLED_PREVIEW`] shows them.
+pub(crate) const SETTLED_CANCEL: &str =
+    "UPDATE messages SET status = 'cancelled', last_error = 'invoice is ' || i.status \
+     FROM invoices i \
+     WHERE messages.kind = 'dunning' AND messages.status = 'pending' \
+       AND i.id = messages.subject_id AND i.status <> 'unpaid' \
+     RETURNING messages.id, messages.kind, messages.subject_id, messages.stage, \
+         messages.channel, messages.status, messages.last_error AS error, \
+         messages.dedup_key, messages.contact_id, messages.event_date, messages.connection";
+
 /// A route's limiter and quota row, made on first use.
 pub(crate) const ENSURE_ROUTE: &str =
     "INSERT INTO channel_state (channel) VALUES ($1) ON CONFLICT DO NOTHING";

@@ -1151,17 +1151,7 @@ impl Store for SqliteStore {
 
     async fn cancel_settled(&self, now: DateTime<Utc>, dry_run: bool) -> Result<Vec<GenRow>> {
         let _ = now;
-        let sql = if dry_run {
-            sql::SETTLED_PREVIEW
-        } else {
-            "UPDATE messages SET status = 'cancelled', last_error = 'invoice is ' || i.status \
-             FROM invoices i \
-             WHERE messages.kind = 'dunning' AND messages.status = 'pending' \
-               AND i.id = messages.subject_id AND i.status <> 'unpaid' \
-             RETURNING messages.id, messages.kind, messages.subject_id, messages.stage, \
-                 messages.channel, messages.status, messages.last_error AS error, \
-                 messages.dedup_key, messages.contact_id, messages.event_date, messages.connection"
-        };
+        let sql = if dry_run { sql::SETTLED_PREVIEW } else { sql::SETTLED_CANCEL };
         let mut c = Single::acquire(&self.pool).await?;
         let rows = sqlx::query(sql).fetch_all(c.conn()).await?;
         c.done();
