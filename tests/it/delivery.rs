@@ -338,7 +338,9 @@ async fn shared_rate_body(db: &TestDb) {
         let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
         sent += count(&doc, "sent");
     }
-    assert!((5..=6).contains(&sent), "two passes sent {sent} in 2 s at 2/s");
+    // At most the five slots (six if a pass reads its clock on a slot's edge); fewer when a
+    // loaded machine starts a pass late into its budget, which ends two seconds after its start.
+    assert!((3..=6).contains(&sent), "two passes sent {sent} in 2 s at 2/s");
     assert_eq!(server.received_requests().await.unwrap_or_default().len() as u64, sent);
     assert_eq!(
         db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await,
