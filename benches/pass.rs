@@ -28,7 +28,7 @@
 //! Environment: `BENCH_SCALE` (default 1; 10 is the SPEC's 1M invoices / 100k due),
 //! `BENCH_PG_URL` (admin URL, default `postgres://postgres@127.0.0.1:5432/test`),
 //! `BENCH_PEERS`, `BENCH_PEER_SIZES` (default `20000,100000`), `BENCH_ONLY=peers` (only the
-//! side-by-side delivery).
+//! side-by-side delivery), `sqlite` or `postgres` (only that backend's scenarios).
 //!
 //! Missed targets are reported, not fatal. The exit status is non-zero only when something
 //! could not run or a correctness check failed (lost, unsent or duplicated messages).
@@ -1177,15 +1177,19 @@ async fn bench() -> Res<bool> {
     };
     let env = Env { port, hits, dir: tempfile::tempdir()?, pg };
 
-    // `BENCH_ONLY=peers` measures only the side-by-side delivery.
-    let only_peers = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "peers");
+    // `BENCH_ONLY=peers` measures only the side-by-side delivery; `sqlite` or `postgres` only
+    // that backend's scenarios, without the peers.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let mut backends = vec![Backend::Sqlite];
     if env.pg.is_some() {
         backends.push(Backend::Postgres);
     }
-    if only_peers {
-        backends.clear();
-    }
+    backends.retain(|b| match only.as_str() {
+        "peers" => false,
+        "sqlite" => *b == Backend::Sqlite,
+        "postgres" => *b == Backend::Postgres,
+        _ => true,
+    });
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for backend in backends {
@@ -1196,6 +1200,7 @@ async fn bench() -> Res<bool> {
     report(&outcomes, scale, &mut table);
     let mut peer_failures = Vec::new();
     match (&env.pg, Peers::find()) {
+        _ if only == "sqlite" || only == "postgres" => {}
         (Some(_), Some(peers)) => {
             let sizes: Vec<u64> = std::env::var("BENCH_PEER_SIZES")
                 .unwrap_or_else(|_| "20000,100000".into())
