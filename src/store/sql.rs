@@ -488,11 +488,10 @@ where
     .await?;
     let problems = sqlx::query_as::<DB, Failure>(&format!(
         "SELECT m.id, m.kind, m.stage, m.channel, m.recipient, m.status, \
-             m.last_error AS error, {} AS at \
+             m.last_error AS error, {FAILED_AT} AS at \
          FROM messages m WHERE m.status = 'failed' \
              OR (m.status IN ('pending', 'skipped') AND m.last_error IS NOT NULL) \
-         ORDER BY m.id DESC LIMIT $1",
-        FAILED_AT
+         ORDER BY m.id DESC LIMIT $1"
     ))
     .bind(failures)
     .fetch_all(&mut *conn)
