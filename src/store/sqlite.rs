@@ -115,12 +115,39 @@ fn real_ns() -> i64 {
 /// normalizes `2025-02-30` to March, and reads a Julian day number) followed by nothing but a
 /// naive time. Anything else, an offset in any spelling (`+07:00`, ` +0700`, `Z`, ` Z`) above
 /// all, which `date()` reads as its UTC date, is read in Rust as a local date, or reported.
-/// The latest migration's partial indexes repeat this expression exactly.
+/// The odd-date partial indexes of the migrations repeat these expressions exactly.
 fn odd_date(col: &str) -> String {
+    format!("({col} IS NOT NULL AND {})", odd_date_value(col))
+}
+
+/// [`odd_date`] of a `NOT NULL` column: SQLite drops `IS NOT NULL` there as always true, and a
+/// query with the term would then not match an index whose `WHERE` keeps it.
+fn odd_date_value(col: &str) -> String {
     format!(
-        "({col} IS NOT NULL AND (typeof({col}) <> 'text' \
+        "(typeof({col}) <> 'text' \
          OR date({col}, '+0 days') IS NOT substr({col}, 1, 10) \
-         OR substr({col}, 11) GLOB '*[^0-9:. Tt]*'))"
+         OR substr({col}, 11) GLOB '*[^0-9:. Tt]*')"
+    )
+}
+
+/// The unpaid invoices whose due date SQL cannot read (`invoices_odd_due`).
+fn odd_invoices_sql() -> String {
+    format!(
+        "SELECT id, due_date FROM invoices WHERE status = 'unpaid' AND {} ORDER BY id",
+        odd_date_value("due_date")
+    )
+}
+
+/// The vehicles whose visit date SQL cannot read: one branch on each of `vehicles_odd_next` and
+/// `vehicles_odd_last` (SQLite reads the whole table for the two joined by `OR`).
+fn odd_vehicles_sql() -> String {
+    format!(
+        "SELECT id, next_visit_date, last_visit_date FROM vehicles WHERE {} \
+         UNION ALL \
+         SELECT id, next_visit_date, last_visit_date FROM vehicles \
+         WHERE next_visit_date IS NULL AND {} ORDER BY id",
+        odd_date("next_visit_date"),
+        odd_date("last_visit_date")
     )
 }
 
@@ -922,12 +949,7 @@ impl Store for SqliteStore {
 
     async fn scan_inputs(&self) -> Result<InputScan> {
         let mut scan = InputScan::default();
-        let invoices = sqlx::query(&format!(
-            "SELECT id, due_date FROM invoices WHERE status = 'unpaid' AND {} ORDER BY id",
-            odd_date("due_date")
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let invoices = sqlx::query(&odd_invoices_sql()).fetch_all(&self.pool).await?;
         for row in &invoices {
             let id: i64 = row.try_get("id")?;
             match Raw::read(row, "due_date").date(self.tz, ("invoices", id, "due_date")) {
@@ -936,14 +958,7 @@ impl Store for SqliteStore {
                 Err(bad) => scan.bad.push(bad),
             }
         }
-        let vehicles = sqlx::query(&format!(
-            "SELECT id, next_visit_date, last_visit_date FROM vehicles \
-             WHERE {} OR (next_visit_date IS NULL AND {}) ORDER BY id",
-            odd_date("next_visit_date"),
-            odd_date("last_visit_date")
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let vehicles = sqlx::query(&odd_vehicles_sql()).fetch_all(&self.pool).await?;
         for row in &vehicles {
             let id: i64 = row.try_get("id")?;
             let next = Raw::read(row, "next_visit_date");
@@ -1972,8 +1987,25 @@ mod tests {
     fn the_odd_date_expression_is_the_one_the_indexes_use() {
         let migration =
             include_str!("../../migrations/sqlite/20251211174213_reindex_odd_input_dates.sql");
-        for column in ["due_date", "next_visit_date", "last_visit_date"] {
+        for column in ["next_visit_date", "last_visit_date"] {
             assert!(migration.contains(&odd_date(column).replace("    ", "")), "{column}");
+        }
+        let migration =
+            include_str!("../../migrations/sqlite/20261202040000_odd_due_without_not_null.sql");
+        assert!(migration.contains(&odd_date_value("due_date").replace("    ", "")));
+    }
+
+    #[tokio::test]
+    async fn the_input_scan_reads_the_odd_date_indexes_not_the_tables() {
+        let (_dir, store) = store().await;
+        for (sql, indexes) in [
+            (odd_invoices_sql(), &["invoices_odd_due"][..]),
+            (odd_vehicles_sql(), &["vehicles_odd_next", "vehicles_odd_last"][..]),
+        ] {
+            let steps = plan(&store, &sql).await.join("\n");
+            for index in indexes {
+                assert!(steps.contains(&format!("INDEX {index}")), "{sql}\n{steps}");
+            }
         }
     }
 }
