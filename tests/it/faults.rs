@@ -116,12 +116,7 @@ async fn a_loop_that_meets_a_held_write_lock_recovers_in_the_same_process() {
         assert!(std::time::Instant::now() < until, "{}", statuses(&db).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    crate::helpers::signal(&child, "TERM");
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
-    }
-    let status = child.wait().await.expect("wait");
+    let (status, err) = crate::helpers::terminate(&mut child).await;
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("stopped early"), "the lock never halted a pass: {err}");
     each_once(&sink, 60);

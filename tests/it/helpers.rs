@@ -468,6 +468,16 @@ pub fn signal(child: &tokio::process::Child, sig: &str) {
     }
 }
 
+/// Stops a child with SIGTERM; how it exited, and what it wrote to stderr (piped).
+pub async fn terminate(child: &mut tokio::process::Child) -> (std::process::ExitStatus, String) {
+    signal(child, "TERM");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
+    }
+    (child.wait().await.expect("wait"), err)
+}
+
 /// Whether a tool the fault tests need is on this machine. Under CI its absence fails the test
 /// (`.ci/run` installs it); elsewhere the test is skipped, saying so past the capture.
 pub fn have_tool(tool: &str, why: &str) -> bool {

@@ -9,8 +9,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both;
 use crate::helpers::{
-    contact, invoice, json_of, many_due, pairs, signal, sink_env, twilio_env, Sink, TestDb,
-    LOG_CHANNELS, T3_NOW, TWILIO_PATH,
+    contact, invoice, json_of, many_due, pairs, signal, sink_env, terminate, twilio_env, Sink,
+    TestDb, LOG_CHANNELS, T3_NOW, TWILIO_PATH,
 };
 
 fn stdout(out: &std::process::Output) -> String {
@@ -158,16 +158,9 @@ async fn every_body(db: &TestDb) {
         assert!(Instant::now() < until, "fewer than 3 passes in 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    signal(&child, "TERM");
-    let out = tokio::time::timeout(Duration::from_secs(15), async {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
-        }
-        (child.wait().await.expect("wait"), err)
-    })
-    .await
-    .expect("the loop did not stop within 15 s of SIGTERM");
+    let out = tokio::time::timeout(Duration::from_secs(15), terminate(&mut child))
+        .await
+        .expect("the loop did not stop within 15 s of SIGTERM");
     assert_eq!(out.0.code(), Some(0), "{}", out.1);
     assert!(out.1.contains("pass 1: generated 5, sent 5"), "{}", out.1);
     assert!(out.1.contains("pass 3: generated 0, sent 0"), "{}", out.1);
@@ -263,12 +256,7 @@ async fn run_every_outlives_a_database_it_cannot_open() {
         assert!(Instant::now() < until, "no pass succeeded after the directory appeared");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    signal(&child, "TERM");
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
-    }
-    let status = child.wait().await.expect("wait");
+    let (status, err) = terminate(&mut child).await;
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("pass 1 could not start"), "{err}");
     assert!(err.contains("trying again in 1s"), "{err}");
@@ -288,12 +276,7 @@ async fn run_every_never_prints_the_database_password() {
         .expect("spawn");
     // Two failed passes: the first and a retry.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    signal(&child, "TERM");
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut e, &mut err).await;
-    }
-    let status = child.wait().await.expect("wait");
+    let (status, err) = terminate(&mut child).await;
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("run every 1s (postgres database app on 127.0.0.1:1)"), "{err}");
     assert!(err.contains("pass 2 could not start"), "{err}");
