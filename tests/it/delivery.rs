@@ -9,7 +9,9 @@ use wiremock::matchers::{body_string_contains, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both;
-use crate::helpers::{contact, count, invoice, pairs, twilio_env, TestDb, TZ};
+use crate::helpers::{
+    contact, count, details, invoice, pairs, twilio_env, TestDb, LOG_CHANNELS, TZ,
+};
 
 const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
 
@@ -395,6 +397,44 @@ async fn window_recheck_body(db: &TestDb) {
         0
     );
     assert!(doc.to_string().contains("the send window closed during the pass"), "{doc}");
+}
+
+both!(
+    a_lease_that_ran_out_on_the_real_clock_counts_as_due_and_a_live_one_does_not,
+    leases_due_body
+);
+async fn leases_due_body(db: &TestDb) {
+    for i in 0..3 {
+        contact(db, &format!("L{i}"), &format!("08122000{i:04}"), "whatsapp").await;
+        invoice(db, i + 1, &format!("INV-L{i}"), "2025-11-20").await;
+    }
+    db.pass(&["generate", "--now", "2025-11-17T09:00:00+07:00"], &LOG_CHANNELS).await;
+    // Held by passes, one whose lease ran out long ago and one whose lease runs for centuries;
+    // the business clock `--now` has no say in either.
+    let hold = |id: i64, until: &str| {
+        format!(
+            "UPDATE messages SET status = 'sending', claimed_by = 'gone', \
+             claimed_until = '{until}' WHERE subject_id = {id}"
+        )
+    };
+    db.exec(&hold(2, "2000-01-01T00:00:00.000Z")).await;
+    db.exec(&hold(3, "2999-01-01T00:00:00.000Z")).await;
+    let now = ["--now", "2025-11-17T09:05:00+07:00"];
+    let out = db.run(&[&["status", "--json"][..], &now].concat(), &LOG_CHANNELS).await;
+    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let wa = status["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|r| r["channel"] == "whatsapp" && r["connection"].is_null()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(wa["due"], 2, "{wa}");
+    let doc = db.pass(&[&["send", "--dry-run"][..], &now].concat(), &LOG_CHANNELS).await;
+    let mut numbers: Vec<String> = details(&doc)
+        .iter()
+        .filter_map(|d| d["invoice_number"].as_str().map(String::from))
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, ["INV-L0", "INV-L1"], "{doc}");
 }
 
 both!(status_says_when_the_rate_limit_holds_messages, rate_held_body);
