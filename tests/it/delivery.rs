@@ -399,6 +399,16 @@ async fn window_recheck_body(db: &TestDb) {
     assert!(doc.to_string().contains("the send window closed during the pass"), "{doc}");
 }
 
+/// The default WhatsApp route's row of `status --json`.
+fn default_whatsapp(out: &std::process::Output) -> Value {
+    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
+    status["channels"]
+        .as_array()
+        .and_then(|c| c.iter().find(|r| r["channel"] == "whatsapp" && r["connection"].is_null()))
+        .cloned()
+        .unwrap_or_default()
+}
+
 both!(
     a_lease_that_ran_out_on_the_real_clock_counts_as_due_and_a_live_one_does_not,
     leases_due_body
@@ -420,13 +430,8 @@ async fn leases_due_body(db: &TestDb) {
     db.exec(&hold(2, "2000-01-01T00:00:00.000Z")).await;
     db.exec(&hold(3, "2999-01-01T00:00:00.000Z")).await;
     let now = ["--now", "2025-11-17T09:05:00+07:00"];
-    let out = db.run(&[&["status", "--json"][..], &now].concat(), &LOG_CHANNELS).await;
-    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let wa = status["channels"]
-        .as_array()
-        .and_then(|c| c.iter().find(|r| r["channel"] == "whatsapp" && r["connection"].is_null()))
-        .cloned()
-        .unwrap_or_default();
+    let status = db.run(&[&["status", "--json"][..], &now].concat(), &LOG_CHANNELS).await;
+    let wa = default_whatsapp(&status);
     assert_eq!(wa["due"], 2, "{wa}");
     let doc = db.pass(&[&["send", "--dry-run"][..], &now].concat(), &LOG_CHANNELS).await;
     let mut numbers: Vec<String> = details(&doc)
@@ -450,13 +455,7 @@ async fn rate_held_body(db: &TestDb) {
     env.push(("REMINDER_PASS_SECONDS", "2".to_string()));
     let doc = db.pass(&["run", "--now", "2025-11-17T09:00:00+07:00"], &pairs(&env)).await;
     assert_eq!(count(&doc, "sent"), 1, "{doc}");
-    let out = db.run(&["status", "--json"], &pairs(&env)).await;
-    let status: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let wa = status["channels"]
-        .as_array()
-        .and_then(|c| c.iter().find(|r| r["channel"] == "whatsapp" && r["connection"].is_null()))
-        .cloned()
-        .unwrap_or_default();
+    let wa = default_whatsapp(&db.run(&["status", "--json"], &pairs(&env)).await);
     let wait = wa["rate_limit_wait_seconds"].as_f64().unwrap_or(0.0);
     assert!(wait > 30.0 && wait <= 60.0, "{wa}");
     assert_eq!(wa["due"], 2, "{wa}");
