@@ -376,3 +376,92 @@ async fn a_provider_whose_reply_never_ends_costs_one_bounded_attempt() {
     let error = db.text("SELECT last_error FROM messages").await.unwrap_or_default();
     assert!(!error.is_empty() && error.len() < 2000, "a short reason: {error}");
 }
+
+both!(a_journal_is_replayed_into_its_own_database_under_each_pass_token, journal_body);
+async fn journal_body(db: &TestDb) {
+    use chrono::{DateTime, Utc};
+    use reminderctl::deliver::journal::Journal;
+    use reminderctl::domain::channel::{ChannelKind, Route};
+    use reminderctl::domain::outbox::{Answer, Outcome, Request, Resolution};
+    use reminderctl::store::{ClaimRequest, InputScan};
+
+    for n in 1..=2 {
+        crate::helpers::contact(db, &format!("C{n}"), &format!("0812345678{n:02}"), "whatsapp")
+            .await;
+        crate::helpers::invoice(db, n, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    let store = reminderctl::store::connect(&db.url, crate::helpers::TZ).await.expect("store");
+    let t0: DateTime<Utc> = "2025-11-17T02:00:00Z".parse().expect("time");
+    let window = (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7));
+    let made = store
+        .generate_dunning("T-3", window, &InputScan::default(), t0, false, 10)
+        .await
+        .expect("generate");
+    assert_eq!(made.queued, 2);
+    // Two passes, one message each.
+    let route = Route::of(ChannelKind::WhatsApp);
+    let claim = |token: &'static str| ClaimRequest {
+        route: &route,
+        limit: 1,
+        token,
+        now: t0,
+        lease: Duration::from_secs(60),
+        only_scheduled: false,
+    };
+    let a = store.claim(&claim("pass-a")).await.expect("claim a")[0].id();
+    let b = store.claim(&claim("pass-b")).await.expect("claim b")[0].id();
+    let outcome = |id: i64, resolution: Resolution| Outcome {
+        id,
+        channel: ChannelKind::WhatsApp,
+        attempts: 0,
+        request: Some(Request {
+            provider: "twilio".into(),
+            answer: Answer::Accepted,
+            recipient: "6281234567801".into(),
+            subject: None,
+            body: None,
+        }),
+        resolution,
+        at: t0,
+    };
+    let sent = |sid: &str| Resolution::Sent { provider_message_id: Some(sid.into()) };
+
+    // Both passes kept their results; a third, whose lease on `b` another pass overtook, kept
+    // a failure for it. A token never leads a file out of the journal's folder.
+    let dir = tempfile::tempdir().expect("journal dir");
+    let journal = Journal::new(dir.path().to_path_buf(), &db.url);
+    let kept = journal.keep("pass-a", &[outcome(a, sent("SM-a"))]).expect("keep a");
+    assert!(kept.file_name().is_some_and(|n| n.to_string_lossy().ends_with("-pass-a.jsonl")));
+    journal.keep("pass-b", &[outcome(b, sent("SM-b"))]).expect("keep b");
+    let failed = Resolution::Failed { reason: "overtaken".into(), fallback: None };
+    let odd = journal.keep("../pass/x", &[outcome(b, failed)]).expect("keep x");
+    assert_eq!(odd.parent(), Some(dir.path()), "{}", odd.display());
+    // Another database's journal in the same folder, for the same message ids.
+    let other = Journal::new(dir.path().to_path_buf(), "sqlite:/elsewhere/other.db");
+    let foreign = other.keep("pass-c", &[outcome(a, sent("SM-other"))]).expect("keep other");
+
+    let done = journal.replay(store.as_ref()).await.expect("replay");
+    assert_eq!((done.written, done.late), (3, 1), "three results written, one of them late");
+    assert_eq!(
+        db.text(
+            "SELECT string_agg(provider_message_id, ',' ORDER BY id) FROM messages \
+             WHERE status = 'sent'"
+        )
+        .await
+        .as_deref(),
+        Some("SM-a,SM-b"),
+        "each result under its own pass's token, nothing from the other database"
+    );
+    assert_eq!(
+        db.int("SELECT count(*) FROM delivery_attempts WHERE outcome LIKE 'late %'").await,
+        1
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read journal dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(left, vec![foreign], "only the other database's journal is left");
+    // Replayed once: a second replay finds nothing to write.
+    let again = journal.replay(store.as_ref()).await.expect("replay again");
+    assert_eq!(again.written, 0);
+}
