@@ -283,6 +283,59 @@ mod tests {
     }
 
     #[test]
+    fn the_words_stored_in_the_outbox_are_the_specs() {
+        // The check constraints of `messages`, the SQL of every rule and the operators' own
+        // queries compare with these exact words.
+        let statuses = [
+            (Status::Pending, "pending"),
+            (Status::Sending, "sending"),
+            (Status::Sent, "sent"),
+            (Status::Failed, "failed"),
+            (Status::Cancelled, "cancelled"),
+            (Status::Skipped, "skipped"),
+        ];
+        for (status, word) in statuses {
+            assert_eq!(status.to_string(), word);
+            assert_eq!(word.parse::<Status>(), Ok(status));
+        }
+        assert!("Sent".parse::<Status>().is_err());
+        let kinds = [
+            (Kind::Dunning, "dunning"),
+            (Kind::Maintenance, "maintenance"),
+            (Kind::Scheduled, "scheduled"),
+            (Kind::Test, "test"),
+        ];
+        for (kind, word) in kinds {
+            assert_eq!(kind.to_string(), word);
+            assert_eq!(word.parse::<Kind>(), Ok(kind));
+        }
+        let labels = [
+            (Answer::Accepted, "sent"),
+            (Answer::Transient, "transient"),
+            (Answer::RateLimited, "rate_limited"),
+            (Answer::ChannelDown, "channel_down"),
+            (Answer::Permanent, "permanent"),
+        ];
+        for (answer, word) in labels {
+            assert_eq!(answer.label(), word);
+        }
+        let due = chrono::NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+        assert_eq!(DedupKey::dunning(42, due, "T-3"), "dunning:42:2024-02-29:T-3");
+        let run_at: DateTime<Utc> = "2025-11-18T02:00:00Z".parse().unwrap();
+        assert_eq!(DedupKey::scheduled(7, run_at), "scheduled:7:1763431200");
+    }
+
+    #[test]
+    fn a_resolution_keeps_its_reason_and_a_sent_one_has_none() {
+        let sent = Resolution::Sent { provider_message_id: Some("SM1".into()) };
+        assert_eq!(sent.reason(), None);
+        let failed = Resolution::Failed { reason: "not on WhatsApp".into(), fallback: None };
+        assert_eq!(failed.reason(), Some("not on WhatsApp"));
+        let released = Resolution::Released { reason: "stopped by signal".into() };
+        assert_eq!(released.reason(), Some("stopped by signal"));
+    }
+
+    #[test]
     fn only_answers_about_the_message_spend_an_attempt() {
         let retry =
             |cause| Resolution::Retry { at: DateTime::UNIX_EPOCH, reason: "x".into(), cause };
