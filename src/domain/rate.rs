@@ -128,6 +128,26 @@ mod tests {
     }
 
     #[test]
+    fn the_fastest_pace_is_one_nanosecond_and_faster_is_unlimited_by_name() {
+        assert_eq!(every("1000000000/s"), Duration::from_nanos(1));
+        // Half a nanosecond rounds to one; a third rounds to nothing, which cannot pace.
+        assert_eq!(every("2000000000/s"), Duration::from_nanos(1));
+        assert!(Rate::parse("3000000000/s").unwrap_err().contains("use unlimited"));
+    }
+
+    #[test]
+    fn a_rate_is_shown_in_the_unit_that_reads_best() {
+        // No pause at all is no limit, never a division by zero.
+        assert_eq!(Rate::Every(Duration::ZERO).to_string(), "unlimited");
+        // Not a whole count in any unit: per second below a second between messages, per
+        // hour above.
+        let fast = Rate::Every(Duration::from_nanos(7)).to_string();
+        assert!(fast.ends_with("/s"), "{fast}");
+        let slow = Rate::Every(Duration::from_millis(1300)).to_string();
+        assert!(slow.starts_with("2769.23") && slow.ends_with("/h"), "{slow}");
+    }
+
+    #[test]
     fn unlimited_and_zero_mean_no_pacing() {
         assert_eq!(Rate::parse("unlimited"), Ok(Rate::Unlimited));
         assert_eq!(Rate::parse(" Unlimited "), Ok(Rate::Unlimited));
