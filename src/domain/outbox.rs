@@ -282,33 +282,36 @@ mod tests {
         }
     }
 
+    /// Each value is shown as its word, and the word reads back as the value.
+    fn spelled<T>(pairs: &[(T, &str)])
+    where
+        T: fmt::Display + FromStr<Err = String> + PartialEq + fmt::Debug + Copy,
+    {
+        for &(value, word) in pairs {
+            assert_eq!(value.to_string(), word);
+            assert_eq!(word.parse::<T>(), Ok(value));
+        }
+    }
+
     #[test]
     fn the_words_stored_in_the_outbox_are_the_specs() {
         // The check constraints of `messages`, the SQL of every rule and the operators' own
         // queries compare with these exact words.
-        let statuses = [
+        spelled(&[
             (Status::Pending, "pending"),
             (Status::Sending, "sending"),
             (Status::Sent, "sent"),
             (Status::Failed, "failed"),
             (Status::Cancelled, "cancelled"),
             (Status::Skipped, "skipped"),
-        ];
-        for (status, word) in statuses {
-            assert_eq!(status.to_string(), word);
-            assert_eq!(word.parse::<Status>(), Ok(status));
-        }
+        ]);
         assert!("Sent".parse::<Status>().is_err());
-        let kinds = [
+        spelled(&[
             (Kind::Dunning, "dunning"),
             (Kind::Maintenance, "maintenance"),
             (Kind::Scheduled, "scheduled"),
             (Kind::Test, "test"),
-        ];
-        for (kind, word) in kinds {
-            assert_eq!(kind.to_string(), word);
-            assert_eq!(word.parse::<Kind>(), Ok(kind));
-        }
+        ]);
         let labels = [
             (Answer::Accepted, "sent"),
             (Answer::Transient, "transient"),

@@ -3,15 +3,12 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use wiremock::matchers::{body_string_contains, header_exists, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both;
-use crate::helpers::{
-    contact, count, details, invoice, pairs, twilio_env, TestDb, LOG_CHANNELS, TZ,
-};
+use crate::helpers::{contact, count, details, invoice, pairs, twilio_env, TestDb, LOG_CHANNELS};
 
 const TWILIO_PATH: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
 
@@ -229,22 +226,10 @@ async fn crash_body(db: &TestDb) {
 both!(a_pass_that_lost_its_lease_cannot_overwrite_the_next_one, lost_lease_body);
 async fn lost_lease_body(db: &TestDb) {
     use reminderctl::domain::channel::ChannelKind;
-    use reminderctl::domain::outbox::{Answer, Outcome, Request, Resolution};
-    use reminderctl::store::{ClaimRequest, InputScan};
+    use reminderctl::domain::outbox::{Answer, Resolution};
+    use reminderctl::store::ClaimRequest;
     one_due_invoice(db).await;
-    let store = reminderctl::store::connect(&db.url, TZ).await.expect("store");
-    let t0: DateTime<Utc> = "2025-11-17T02:00:00Z".parse().expect("time");
-    store
-        .generate_dunning(
-            "T-3",
-            (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7)),
-            &InputScan::default(),
-            t0,
-            false,
-            10,
-        )
-        .await
-        .expect("generate");
+    let (store, t0, _) = crate::helpers::store_with_t3_queued(db).await;
     let route = reminderctl::domain::channel::Route::of(ChannelKind::WhatsApp);
     let claim = |token: &'static str, lease: Duration| ClaimRequest {
         route: &route,
@@ -265,20 +250,8 @@ async fn lost_lease_body(db: &TestDb) {
     assert_eq!(b[0].row.as_ref().map(|r| r.expired_leases).ok(), Some(1));
 
     let later = t0 + chrono::Duration::seconds(60);
-    let outcome = |resolution: Resolution, answer| Outcome {
-        id,
-        channel: ChannelKind::WhatsApp,
-        attempts: 0,
-        request: Some(Request {
-            provider: "twilio".into(),
-            answer,
-            recipient: "6281234567890".into(),
-            subject: None,
-            body: None,
-        }),
-        resolution,
-        at: later,
-    };
+    let outcome =
+        |resolution, answer| crate::helpers::twilio_outcome(id, answer, resolution, later);
     let failed = Resolution::Failed { reason: "late failure".into(), fallback: None };
     let lost = store.record("pass-a", &[outcome(failed, Answer::Permanent)]).await.expect("a");
     assert_eq!(lost.lost, vec![id]);

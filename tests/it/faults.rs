@@ -379,25 +379,18 @@ async fn a_provider_whose_reply_never_ends_costs_one_bounded_attempt() {
 
 both!(a_journal_is_replayed_into_its_own_database_under_each_pass_token, journal_body);
 async fn journal_body(db: &TestDb) {
-    use chrono::{DateTime, Utc};
     use reminderctl::deliver::journal::Journal;
     use reminderctl::domain::channel::{ChannelKind, Route};
-    use reminderctl::domain::outbox::{Answer, Outcome, Request, Resolution};
-    use reminderctl::store::{ClaimRequest, InputScan};
+    use reminderctl::domain::outbox::{Answer, Resolution};
+    use reminderctl::store::ClaimRequest;
 
     for n in 1..=2 {
         crate::helpers::contact(db, &format!("C{n}"), &format!("0812345678{n:02}"), "whatsapp")
             .await;
         crate::helpers::invoice(db, n, &format!("INV-{n}"), "2025-11-20").await;
     }
-    let store = reminderctl::store::connect(&db.url, crate::helpers::TZ).await.expect("store");
-    let t0: DateTime<Utc> = "2025-11-17T02:00:00Z".parse().expect("time");
-    let window = (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7));
-    let made = store
-        .generate_dunning("T-3", window, &InputScan::default(), t0, false, 10)
-        .await
-        .expect("generate");
-    assert_eq!(made.queued, 2);
+    let (store, t0, queued) = crate::helpers::store_with_t3_queued(db).await;
+    assert_eq!(queued, 2);
     // Two passes, one message each.
     let route = Route::of(ChannelKind::WhatsApp);
     let claim = |token: &'static str| ClaimRequest {
@@ -410,20 +403,8 @@ async fn journal_body(db: &TestDb) {
     };
     let a = store.claim(&claim("pass-a")).await.expect("claim a")[0].id();
     let b = store.claim(&claim("pass-b")).await.expect("claim b")[0].id();
-    let outcome = |id: i64, resolution: Resolution| Outcome {
-        id,
-        channel: ChannelKind::WhatsApp,
-        attempts: 0,
-        request: Some(Request {
-            provider: "twilio".into(),
-            answer: Answer::Accepted,
-            recipient: "6281234567801".into(),
-            subject: None,
-            body: None,
-        }),
-        resolution,
-        at: t0,
-    };
+    let outcome =
+        |id, resolution| crate::helpers::twilio_outcome(id, Answer::Accepted, resolution, t0);
     let sent = |sid: &str| Resolution::Sent { provider_message_id: Some(sid.into()) };
 
     // Both passes kept their results; a third, whose lease on `b` another pass overtook, kept

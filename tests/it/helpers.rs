@@ -325,6 +325,45 @@ pub async fn invoice(db: &TestDb, contact_id: i64, number: &str, due: &str) {
     .await;
 }
 
+/// The business time the library-level tests generate and claim at (09:00 in Jakarta).
+pub const T3_AT: &str = "2025-11-17T02:00:00Z";
+
+/// Opens the library's store on `db` and queues the T-3 dunning stage at [`T3_AT`] for the
+/// invoices already there; returns the store, that time and how many were queued.
+pub async fn store_with_t3_queued(
+    db: &TestDb,
+) -> (std::sync::Arc<dyn reminderctl::store::Store>, chrono::DateTime<chrono::Utc>, u64) {
+    let store = reminderctl::store::connect(&db.url, TZ).await.expect("store");
+    let t0: chrono::DateTime<chrono::Utc> = T3_AT.parse().expect("time");
+    let window = (t0.date_naive(), t0.date_naive() + chrono::Duration::days(7));
+    let scan = reminderctl::store::InputScan::default();
+    let made = store.generate_dunning("T-3", window, &scan, t0, false, 10).await.expect("generate");
+    (store, t0, made.queued)
+}
+
+/// The result of one Twilio request for message `id`, as a pass hands it to the store.
+pub fn twilio_outcome(
+    id: i64,
+    answer: reminderctl::domain::outbox::Answer,
+    resolution: reminderctl::domain::outbox::Resolution,
+    at: chrono::DateTime<chrono::Utc>,
+) -> reminderctl::domain::outbox::Outcome {
+    reminderctl::domain::outbox::Outcome {
+        id,
+        channel: reminderctl::domain::channel::ChannelKind::WhatsApp,
+        attempts: 0,
+        request: Some(reminderctl::domain::outbox::Request {
+            provider: "twilio".into(),
+            answer,
+            recipient: "6281234567890".into(),
+            subject: None,
+            body: None,
+        }),
+        resolution,
+        at,
+    }
+}
+
 /// The `details` of a pass document.
 pub fn details(doc: &Value) -> Vec<Value> {
     doc["details"].as_array().cloned().unwrap_or_default()
