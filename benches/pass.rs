@@ -287,14 +287,32 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
     line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()
 }
 
-/// utime + stime in clock ticks, from `/proc/<pid>/stat`.
-fn cpu_ticks(pid: u32) -> Option<u64> {
+/// The command name and utime, stime, cutime and cstime (clock ticks) of `/proc/<pid>/stat`.
+fn proc_times(pid: &str) -> Option<(String, [u64; 4])> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces; the fields that follow it do not.
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let mut fields = stat.get(close + 2..)?.split_whitespace().skip(11);
+    let mut times = [0; 4];
+    for t in &mut times {
+        *t = fields.next()?.parse().ok()?;
+    }
+    Some((stat.get(open + 1..close)?.to_string(), times))
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    proc_times(&pid.to_string()).map(|(_, t)| t[0] + t[1])
+}
+
+/// CPU ticks of every `postgres` process on this machine, with what their exited children
+/// used (the postmaster collects a closed connection's backend).
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(|e| proc_times(e.ok()?.file_name().to_str()?))
+        .filter(|(name, _)| name == "postgres")
+        .map(|(_, t)| t.iter().sum::<u64>())
+        .sum()
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -872,6 +890,11 @@ impl NodeSink {
         self.call("GET", "/stats")
     }
 
+    /// The CPU the sink has used, in clock ticks.
+    fn ticks(&self) -> u64 {
+        cpu_ticks(self.child.id()).unwrap_or(0)
+    }
+
     fn reset(&self) -> Res<()> {
         self.call("POST", "/reset").map(|_| ())
     }
@@ -903,7 +926,21 @@ async fn peer_round(
         scenario.exec("ANALYZE messages").await?;
         let _ = scenario.exec("CHECKPOINT").await;
         sink.reset()?;
+        let wal = "SELECT wal_records::bigint FROM pg_stat_wal";
+        let (pg0, sink0, wal0) = (postgres_ticks(), sink.ticks(), scenario.int(wal).await?);
         let run = run_bin_at(&scenario, PEER_SINK_PORT, &["send"], SEND_NOW).await?;
+        let (pg1, sink1, wal1) = (postgres_ticks(), sink.ticks(), scenario.int(wal).await?);
+        // Where the CPU went, a message at a time (ticks of 10 ms). PostgreSQL's figure is the
+        // whole cluster's: the bench expects it otherwise idle.
+        let per = |ticks: u64| ticks as f64 * 10_000.0 / n as f64;
+        eprintln!(
+            "    CPU a message: reminderctl {:.0} µs, PostgreSQL {:.0} µs, sink {:.0} µs; \
+             {:.1} WAL records a message",
+            run.cpu.as_secs_f64() * 1e6 / n as f64,
+            per(pg1.saturating_sub(pg0)),
+            per(sink1.saturating_sub(sink0)),
+            (wal1 - wal0) as f64 / n as f64,
+        );
         let stats = sink.stats()?;
         let seen = stats["count"].as_u64().unwrap_or(0);
         let dups = stats["dups"].as_u64().unwrap_or(u64::MAX);
