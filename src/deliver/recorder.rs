@@ -239,3 +239,46 @@ async fn write_batch(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_halt_keeps_its_first_reason_and_wakes_whoever_waits() {
+        let halt = Arc::new(Halt::default());
+        assert_eq!(halt.reason(), None);
+        let waiter = tokio::spawn({
+            let halt = halt.clone();
+            async move { halt.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing halted yet");
+        halt.set("disk full");
+        halt.set("a later reason");
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter woke")
+            .unwrap();
+        assert_eq!(halt.reason(), Some("disk full"));
+        tokio::time::timeout(Duration::from_secs(5), halt.wait())
+            .await
+            .expect("waiting on a halt already set returns at once");
+    }
+
+    #[test]
+    fn what_the_writers_did_adds_up_and_names_each_fallback_channel_once() {
+        let mut total =
+            Written { late: 1, unrecorded: 2, journaled: 3, fallbacks: vec![ChannelKind::Email] };
+        total.add(Written {
+            late: 10,
+            unrecorded: 20,
+            journaled: 30,
+            fallbacks: vec![ChannelKind::Telegram, ChannelKind::Email],
+        });
+        assert_eq!((total.late, total.unrecorded, total.journaled), (11, 22, 33));
+        let mut both = vec![ChannelKind::Email, ChannelKind::Telegram];
+        both.sort();
+        assert_eq!(total.fallbacks, both);
+    }
+}

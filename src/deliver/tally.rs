@@ -173,3 +173,195 @@ impl Tally {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{NaiveDate, TimeZone, Utc};
+
+    use super::*;
+    use crate::domain::outbox::{Answer, Kind, Request};
+    use crate::store::ClaimedRow;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2025, 11, 17).unwrap()
+    }
+
+    fn tally(keep: usize) -> Tally {
+        Tally::new(Route::of(ChannelKind::WhatsApp), "twilio", keep, today())
+    }
+
+    fn claimed(id: i64) -> Claimed {
+        Claimed {
+            row: Ok(ClaimedRow {
+                id,
+                kind: Kind::Dunning,
+                subject_id: Some(3),
+                stage: Some("T-3".into()),
+                event_date: NaiveDate::from_ymd_opt(2025, 11, 20),
+                channel: ChannelKind::WhatsApp,
+                subject: None,
+                body: None,
+                media_url: None,
+                recipient: None,
+                attempts: 0,
+                expired_leases: 0,
+                contact_id: Some(1),
+                connection: None,
+            }),
+            contact: None,
+            invoice: None,
+            vehicle: None,
+            scheduled: None,
+        }
+    }
+
+    fn outcome(id: i64, resolution: Resolution) -> Outcome {
+        Outcome {
+            id,
+            channel: ChannelKind::WhatsApp,
+            attempts: 0,
+            request: Some(Request {
+                provider: "twilio".into(),
+                answer: Answer::Accepted,
+                recipient: "6281234567890".into(),
+                subject: None,
+                body: None,
+            }),
+            resolution,
+            at: Utc.with_ymd_and_hms(2025, 11, 17, 2, 0, 0).unwrap(),
+        }
+    }
+
+    fn retry(cause: RetryCause) -> Resolution {
+        let at = Utc.with_ymd_and_hms(2025, 11, 17, 3, 0, 0).unwrap();
+        Resolution::Retry { at, reason: format!("{cause:?}"), cause }
+    }
+
+    fn count(t: &Tally, id: i64, resolution: Resolution) {
+        t.count(&claimed(id), &outcome(id, resolution), Some("Halo"));
+    }
+
+    #[test]
+    fn each_resolution_is_counted_under_its_own_heading() {
+        let t = tally(0);
+        count(&t, 1, Resolution::Sent { provider_message_id: Some("SM1".into()) });
+        count(&t, 2, Resolution::Sent { provider_message_id: None });
+        count(&t, 3, Resolution::Failed { reason: "blocked".into(), fallback: None });
+        let fallback = Some(ChannelKind::Email);
+        count(&t, 4, Resolution::Failed { reason: "not on WhatsApp".into(), fallback });
+        count(&t, 5, Resolution::Skipped { reason: "no phone".into(), fallback });
+        count(&t, 6, Resolution::Skipped { reason: "opted out".into(), fallback: None });
+        count(&t, 7, Resolution::Cancelled { reason: "paid".into() });
+        count(&t, 8, Resolution::Released { reason: "stop".into() });
+        count(&t, 9, retry(RetryCause::Transient));
+        count(&t, 10, retry(RetryCause::Transient));
+        count(&t, 11, retry(RetryCause::RateLimited));
+        count(&t, 12, retry(RetryCause::ChannelDown));
+        count(&t, 13, retry(RetryCause::Rescheduled));
+        t.waiting(5);
+        t.waiting(2);
+        assert_eq!(t.sent(), 2);
+        let (line, details) = t.finish();
+        let counts = [
+            line.sent,
+            line.failed,
+            line.skipped,
+            line.cancelled,
+            line.released,
+            line.retried,
+            line.deferred,
+            line.fallback,
+            line.waiting,
+        ];
+        assert_eq!(counts, [2, 2, 2, 1, 1, 2, 3, 2, 7]);
+        assert_eq!(line.channel, "whatsapp");
+        assert_eq!(line.provider.as_deref(), Some("twilio"));
+        assert_eq!(line.note, None);
+        assert!(details.is_empty(), "keep 0 keeps no detail lines: {details:?}");
+        assert_eq!(t.channel(), ChannelKind::WhatsApp);
+        assert_eq!(t.route(), &Route::of(ChannelKind::WhatsApp));
+    }
+
+    #[test]
+    fn detail_lines_stop_at_the_limit_and_say_what_happened() {
+        let t = tally(3);
+        count(&t, 1, Resolution::Sent { provider_message_id: Some("SM1".into()) });
+        count(&t, 2, Resolution::Released { reason: "stop".into() });
+        let bad = Claimed { row: Err((3, "no contact".into())), ..claimed(3) };
+        let failed = Resolution::Failed { reason: "missing contact".into(), fallback: None };
+        t.count(&bad, &outcome(3, failed), None);
+        count(&t, 4, Resolution::Sent { provider_message_id: Some("SM4".into()) });
+        let (line, details) = t.finish();
+        assert_eq!((line.sent, line.released, line.failed), (2, 1, 1), "counted past the limit");
+        let ids: Vec<_> = details.iter().map(|d| d.id).collect();
+        assert_eq!(ids, [Some(1), Some(2), Some(3)]);
+
+        let sent = &details[0];
+        assert_eq!((sent.status.as_str(), sent.kind.as_str()), ("sent", "dunning"));
+        assert_eq!(sent.provider_message_id.as_deref(), Some("SM1"));
+        assert_eq!(sent.error, None);
+        assert_eq!(sent.stage.as_deref(), Some("T-3"));
+        assert_eq!(sent.recipient.as_deref(), Some("6281234567890"));
+        assert_eq!(sent.about.body.as_deref(), Some("Halo"));
+        assert_eq!(sent.about.days_left, Some(3));
+
+        let released = &details[1];
+        assert_eq!(released.status, "released", "released reads as such, not as pending");
+        assert_eq!(released.provider_message_id, None);
+        assert_eq!(released.error.as_deref(), Some("stop"));
+
+        let failed = &details[2];
+        assert_eq!((failed.status.as_str(), failed.kind.as_str()), ("failed", "unknown"));
+        assert_eq!(failed.error.as_deref(), Some("missing contact"));
+        assert_eq!(t.finish().1.len(), 0, "finish hands the detail lines over once");
+    }
+
+    #[test]
+    fn the_first_pause_is_the_reason_and_outranks_a_note() {
+        let t = tally(10);
+        assert_eq!(t.paused(), None);
+        t.note("rate limit: 20 left for the next pass");
+        assert_eq!(t.paused(), None, "a note does not stop the lane");
+        assert_eq!(t.finish().0.note.as_deref(), Some("rate limit: 20 left for the next pass"));
+        t.pause("credentials rejected");
+        t.pause("a later reason");
+        assert_eq!(t.paused(), Some("credentials rejected"));
+        assert_eq!(t.finish().0.note.as_deref(), Some("credentials rejected"));
+    }
+
+    #[test]
+    fn merging_a_later_round_adds_its_counts_and_keeps_its_waiting_and_note() {
+        let line = |n: u64, note: Option<&str>| ChannelLine {
+            channel: "email".into(),
+            provider: Some("smtp".into()),
+            sent: n,
+            failed: n + 1,
+            retried: n + 2,
+            deferred: n + 3,
+            cancelled: n + 4,
+            skipped: n + 5,
+            released: n + 6,
+            fallback: n + 7,
+            waiting: n + 8,
+            note: note.map(str::to_string),
+        };
+        let mut total = line(10, Some("first"));
+        Tally::merge(&mut total, line(3, None));
+        let got = [
+            total.sent,
+            total.failed,
+            total.retried,
+            total.deferred,
+            total.cancelled,
+            total.skipped,
+            total.released,
+            total.fallback,
+            total.waiting,
+        ];
+        assert_eq!(got, [13, 15, 17, 19, 21, 23, 25, 27, 11]);
+        assert_eq!(total.note.as_deref(), Some("first"), "a round without a note keeps the old");
+        Tally::merge(&mut total, line(0, Some("second")));
+        assert_eq!(total.note.as_deref(), Some("second"));
+        assert_eq!((total.sent, total.waiting), (13, 8));
+    }
+}
