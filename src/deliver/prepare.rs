@@ -479,7 +479,7 @@ fn is_chat_id(chat: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn d(s: &str) -> NaiveDate {
@@ -498,7 +498,8 @@ mod tests {
         }
     }
 
-    fn dunning_message(due: &str) -> Claimed {
+    /// A T-3 dunning message (id 7) of invoice INV-1, Rp 150.000, due on `due`.
+    pub(crate) fn dunning_message(due: &str) -> Claimed {
         Claimed {
             row: Ok(ClaimedRow {
                 id: 7,

@@ -179,8 +179,8 @@ mod tests {
     use chrono::{NaiveDate, TimeZone, Utc};
 
     use super::*;
-    use crate::domain::outbox::{Answer, Kind, Request};
-    use crate::store::ClaimedRow;
+    use crate::deliver::prepare::tests::dunning_message;
+    use crate::domain::outbox::{Answer, Request};
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2025, 11, 17).unwrap()
@@ -191,28 +191,11 @@ mod tests {
     }
 
     fn claimed(id: i64) -> Claimed {
-        Claimed {
-            row: Ok(ClaimedRow {
-                id,
-                kind: Kind::Dunning,
-                subject_id: Some(3),
-                stage: Some("T-3".into()),
-                event_date: NaiveDate::from_ymd_opt(2025, 11, 20),
-                channel: ChannelKind::WhatsApp,
-                subject: None,
-                body: None,
-                media_url: None,
-                recipient: None,
-                attempts: 0,
-                expired_leases: 0,
-                contact_id: Some(1),
-                connection: None,
-            }),
-            contact: None,
-            invoice: None,
-            vehicle: None,
-            scheduled: None,
+        let mut claimed = dunning_message("2025-11-20");
+        if let Ok(row) = claimed.row.as_mut() {
+            row.id = id;
         }
+        claimed
     }
 
     fn outcome(id: i64, resolution: Resolution) -> Outcome {
