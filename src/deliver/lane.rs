@@ -26,6 +26,9 @@ use crate::store::{ClaimRequest, Claimed};
 /// Most messages claimed at once.
 const BATCH: u32 = 256;
 
+/// How long a claim that lost its database connection waits before its one more try.
+const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// A claimed message waiting in a lane's queue for its send.
 pub(super) struct Queued {
     pub claimed: Claimed,
@@ -206,7 +209,18 @@ async fn claimer(
             lease,
             only_scheduled: !rules_open,
         };
-        let claimed = match pass.store.claim(&request).await {
+        // A claim that lost its connection (a restarted server, a killed backend) is tried
+        // once more on a new one. If the lost one had claimed rows, they were never sent and
+        // come back when their lease ends, so a second claim can neither lose nor double any.
+        let mut result = pass.store.claim(&request).await;
+        if let Err(e) = &result {
+            if e.is_connection_lost() && pass.halt.reason().is_none() {
+                tracing::warn!(error = %e, "claiming lost its database connection; trying again");
+                tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
+                result = pass.store.claim(&request).await;
+            }
+        }
+        let claimed = match result {
             Ok(c) => c,
             Err(e) => {
                 give_back_quota(0).await;

@@ -30,6 +30,23 @@ pub enum StoreError {
     Other(String),
 }
 
+impl StoreError {
+    /// The connection itself failed (the server closed it, restarted, or the socket broke), as
+    /// opposed to a statement the database refused. The same statement on a new connection may
+    /// well succeed. Disk, lock and constraint errors are never this.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Io(_)) => true,
+            Self::Database(sqlx::Error::Database(db)) => db.code().is_some_and(|code| {
+                // PostgreSQL's class 08 (connection exception), 57P01 (terminated by an
+                // administrator), 57P02 (crash shutdown) and 57P03 (cannot connect now).
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            }),
+            _ => false,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         Self::Database(e)
@@ -1265,6 +1282,19 @@ mod tests {
         assert_eq!(g.count, 256);
         assert_eq!(g.end_ns, 256 * interval);
         assert!(g.offset(255) < Duration::from_millis(1));
+    }
+
+    #[tokio::test]
+    async fn only_a_broken_connection_counts_as_lost() {
+        use sqlx::Connection as _;
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(StoreError::from(sqlx::Error::Io(reset)).is_connection_lost());
+        // A statement the database refused stays refused on any connection.
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let refused = sqlx::query("SELECT * FROM nowhere").execute(&mut conn).await.unwrap_err();
+        assert!(!StoreError::from(refused).is_connection_lost());
+        assert!(!StoreError::from(sqlx::Error::PoolTimedOut).is_connection_lost());
+        assert!(!StoreError::Other("no database connection".into()).is_connection_lost());
     }
 
     #[test]
