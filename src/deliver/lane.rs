@@ -21,13 +21,14 @@ use super::{policy, Pass};
 use crate::channels::Channel;
 use crate::domain::channel::Route;
 use crate::domain::outbox::{Answer, Kind, Outcome, Request, Resolution};
-use crate::store::{ClaimRequest, Claimed};
+use crate::store::{ClaimRequest, Claimed, Result as StoreResult};
 
 /// Most messages claimed at once.
 const BATCH: u32 = 256;
 
-/// How long a claim that lost its database connection waits before its one more try.
-const CLAIM_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long a claim or reservation that lost its database connection waits before its one
+/// more try.
+const LOST_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// A claimed message waiting in a lane's queue for its send.
 pub(super) struct Queued {
@@ -149,7 +150,8 @@ async fn claimer(
         // before it is exceeded.
         let mut want = want;
         if let Some((quota, month)) = lane.quota {
-            match pass.store.reserve_quota(route, month, *quota, want).await {
+            let reserve = || pass.store.reserve_quota(route, month, *quota, want);
+            match once_more_if_lost(pass, "reserving the monthly quota", reserve).await {
                 Ok(0) => {
                     let due = pass.store.count_due(route, pass.clock.now()).await.unwrap_or(0);
                     if due > 0 {
@@ -180,7 +182,13 @@ async fn claimer(
         };
         let grant = match lane.interval_ns {
             None => None,
-            Some(interval) => match pass.store.reserve_slots(route, want, interval, left).await {
+            Some(interval) => match once_more_if_lost(pass, "reserving rate-limit slots", || {
+                // A second try must not reach past the budget that is left by then.
+                let left = pass.deadline.saturating_duration_since(Instant::now()).min(left);
+                pass.store.reserve_slots(route, want, interval, left)
+            })
+            .await
+            {
                 Ok(Some(g)) => Some((g, Instant::now())),
                 Ok(None) => {
                     give_back_quota(0).await;
@@ -209,18 +217,10 @@ async fn claimer(
             lease,
             only_scheduled: !rules_open,
         };
-        // A claim that lost its connection (a restarted server, a killed backend) is tried
-        // once more on a new one. If the lost one had claimed rows, they were never sent and
-        // come back when their lease ends, so a second claim can neither lose nor double any.
-        let mut result = pass.store.claim(&request).await;
-        if let Err(e) = &result {
-            if e.is_connection_lost() && pass.halt.reason().is_none() {
-                tracing::warn!(error = %e, "claiming lost its database connection; trying again");
-                tokio::time::sleep(CLAIM_RETRY_PAUSE).await;
-                result = pass.store.claim(&request).await;
-            }
-        }
-        let claimed = match result {
+        // If a claim that lost its connection had claimed rows, they were never sent and come
+        // back when their lease ends, so a second claim can neither lose nor double any.
+        let claimed = match once_more_if_lost(pass, "claiming", || pass.store.claim(&request)).await
+        {
             Ok(c) => c,
             Err(e) => {
                 give_back_quota(0).await;
@@ -259,6 +259,27 @@ async fn claimer(
                 return reserved;
             }
         }
+    }
+}
+
+/// Runs a claim or a reservation, and once more on a new connection if the first lost its
+/// connection (a restarted server, a killed backend) while the pass still sends.
+///
+/// A reservation whose answer was lost after it committed stays taken: the rate limit then runs
+/// slower for a batch and the month's quota counts a batch that was not sent. Neither can let
+/// more out than the limits allow, and halting would not give them back either.
+async fn once_more_if_lost<T, F, Fut>(pass: &Pass<'_>, what: &str, mut call: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    match call().await {
+        Err(e) if e.is_connection_lost() && pass.halt.reason().is_none() => {
+            tracing::warn!(error = %e, "{what} lost its database connection; trying again");
+            tokio::time::sleep(LOST_RETRY_PAUSE).await;
+            call().await
+        }
+        other => other,
     }
 }
 

@@ -253,6 +253,65 @@ async fn a_terminated_postgres_connection_costs_no_reminder() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_slot_reservation_that_loses_its_connection_is_made_again() {
+    killed_reservation(("REMINDER_WHATSAPP_RATE", "2000/s"), "next_slot_ns").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_reservation_that_loses_its_connection_is_made_again() {
+    let db = killed_reservation(("WHATSAPP_MONTHLY_QUOTA", "100000"), "quota_used").await;
+    // The killed reservation never committed, and what the pass reserved it used.
+    if let Some(db) = db {
+        assert_eq!(db.int("SELECT sum(quota_used) FROM channel_state").await, 200);
+    }
+}
+
+/// A pass under a limit reserves its slots or quota batch by batch. One reservation waits
+/// behind a lock on the route's row, its connection is killed there, and the same pass goes on.
+async fn killed_reservation(limit: (&'static str, &'static str), column: &str) -> Option<TestDb> {
+    let db = TestDb::postgres().await?;
+    many_due(&db, 200).await;
+    db.pass(&["generate", "--now", T3_NOW], &[]).await;
+    let sink = Sink::start(Duration::from_millis(10)).await;
+    let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4"), limit]);
+    let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
+    let fault = async {
+        sink.wait_for(30, Duration::from_secs(20)).await;
+        let mut blocker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::raw_sql("BEGIN; SELECT 1 FROM channel_state FOR UPDATE")
+            .execute(&mut blocker)
+            .await
+            .expect("lock");
+        let waiting = format!(
+            "FROM pg_stat_activity WHERE datname = current_database() \
+             AND application_name = 'reminderctl' AND wait_event_type = 'Lock' \
+             AND query LIKE '%{column}%FOR UPDATE%'"
+        );
+        let since = Instant::now();
+        while db.int(&format!("SELECT count(*) {waiting}")).await == 0
+            && since.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let killed = db
+            .int(&format!("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {waiting}"))
+            .await;
+        sqlx::raw_sql("COMMIT").execute(&mut blocker).await.expect("unlock");
+        killed
+    };
+    let (out, killed) = tokio::join!(pass, fault);
+    let out = out.expect("pass ran");
+    assert_eq!(killed, 1, "one reservation was caught waiting and terminated");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = json_of(&out);
+    assert!(doc["halted"].is_null(), "{}", doc["halted"]);
+    assert_eq!(doc["sent"].as_u64(), Some(200), "{}", doc["channels"]);
+    each_once(&sink, 200);
+    assert_eq!(statuses(&db).await, "sent=200");
+    Some(db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_dropped_mid_pass_halts_sending_with_the_results_journaled() {
     let Some(db) = TestDb::postgres().await else { return };
     many_due(&db, 200).await;
