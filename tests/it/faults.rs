@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::both;
 use crate::helpers::{
@@ -25,26 +25,56 @@ fn each_once(sink: &Sink, n: usize) {
     assert!(twice.is_empty(), "sent more than once: {twice:?}");
 }
 
-/// Holds SQLite's write lock from another process (Python's sqlite3) for `seconds`; returns
-/// once the lock is taken.
-async fn hold_write_lock(path: &str, seconds: f64) -> tokio::process::Child {
-    let script = "import sqlite3, sys, time\n\
-                  c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n\
-                  c.execute('BEGIN IMMEDIATE')\n\
-                  print('locked', flush=True)\n\
-                  time.sleep(float(sys.argv[2]))\n\
-                  c.execute('ROLLBACK')\n";
-    let mut child = tokio::process::Command::new("python3")
-        .args(["-c", script, path, &seconds.to_string()])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
-    assert!(matches!(line, Ok(Ok(Some(ref l))) if l == "locked"), "lock holder: {line:?}");
-    child
+/// A process (Python's sqlite3) that holds SQLite's write lock for a while when told to. It is
+/// started before the pass, so that taking the lock mid-pass costs no interpreter start-up: on
+/// a busy machine that start-up could outlast the whole pass.
+struct LockHolder {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl LockHolder {
+    /// Starts the holder for `path`, to hold the lock `seconds` once taken; returns when it is
+    /// ready.
+    async fn ready(path: &str, seconds: f64) -> Self {
+        let script = "import sqlite3, sys, time\n\
+                      c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)\n\
+                      print('ready', flush=True)\n\
+                      sys.stdin.readline()\n\
+                      c.execute('BEGIN IMMEDIATE')\n\
+                      print('locked', flush=True)\n\
+                      time.sleep(float(sys.argv[2]))\n\
+                      c.execute('ROLLBACK')\n";
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", script, path, &seconds.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut holder = Self { child, lines: BufReader::new(stdout).lines() };
+        holder.expect("ready").await;
+        holder
+    }
+
+    async fn expect(&mut self, word: &str) {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.lines.next_line()).await;
+        assert!(matches!(line, Ok(Ok(Some(ref l))) if l == word), "lock holder: {line:?}");
+    }
+
+    /// Takes the write lock; returns once it is held.
+    async fn lock(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"go\n").await.expect("tell the lock holder");
+        stdin.flush().await.expect("tell the lock holder");
+        self.expect("locked").await;
+    }
+
+    /// Waits until it has let the lock go and exited.
+    async fn wait(&mut self) {
+        let _ = self.child.wait().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,19 +87,19 @@ async fn a_write_lock_held_past_the_busy_timeout_halts_sending_and_repeats_nothi
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(20)).await;
     let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    // Longer than the store's 10 s busy timeout.
+    let mut locker = LockHolder::ready(&db.sqlite_path(), 12.0).await;
     let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
     let fault = async {
         sink.wait_for(8, Duration::from_secs(20)).await;
-        // Longer than the store's 10 s busy timeout.
-        let locker = hold_write_lock(&db.sqlite_path(), 12.0).await;
+        locker.lock().await;
         let at_lock = sink.count();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // A delivery slot is given up only once its result is stored: with the database locked,
         // at most REMINDER_CONCURRENCY requests start, however many are claimed.
-        let during = sink.count() - at_lock;
-        (locker, during)
+        sink.count() - at_lock
     };
-    let (out, (mut locker, during)) = tokio::join!(pass, fault);
+    let (out, during) = tokio::join!(pass, fault);
     assert!(during <= 4, "{during} requests started while no result could be stored");
     let out = out.expect("pass ran");
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
@@ -79,7 +109,7 @@ async fn a_write_lock_held_past_the_busy_timeout_halts_sending_and_repeats_nothi
     assert!(doc["halted"].as_str().is_some_and(|h| h.contains("locked")), "{doc}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("error: the pass stopped early"), "{stderr}");
-    let _ = locker.wait().await;
+    locker.wait().await;
 
     // Once the lock is gone, the next pass writes what the journal kept before it claims, and
     // sends the rest: nobody gets a reminder twice.
@@ -103,14 +133,15 @@ async fn a_loop_that_meets_a_held_write_lock_recovers_in_the_same_process() {
     db.pass(&["generate", "--now", T3_NOW], &[]).await;
     let sink = Sink::start(Duration::from_millis(20)).await;
     let env = sink_env(&sink, &[("REMINDER_CONCURRENCY", "4")]);
+    let mut locker = LockHolder::ready(&db.sqlite_path(), 12.0).await;
     let mut child = db
         .command(&["send", "--every", "2s", "--now", T3_NOW], &pairs(&env))
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     sink.wait_for(8, Duration::from_secs(20)).await;
-    let mut locker = hold_write_lock(&db.sqlite_path(), 12.0).await;
-    let _ = locker.wait().await;
+    locker.lock().await;
+    locker.wait().await;
     sink.wait_for(60, Duration::from_secs(60)).await;
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while statuses(&db).await != "sent=60" {
