@@ -235,6 +235,30 @@ async fn a_disk_that_fills_up_mid_pass_halts_sending_and_repeats_nothing() {
     drop(db);
 }
 
+/// The pass's own connections, in `pg_stat_activity`.
+const OURS: &str = "FROM pg_stat_activity \
+     WHERE datname = current_database() AND application_name = 'reminderctl'";
+/// Terminates the connections that follow it; counts them.
+const KILL: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))";
+
+/// Takes a lock (`lock`, in a transaction of its own), waits up to 5 s for a statement of the
+/// pass to wait behind it (`and` narrows which), terminates what waits there, and lets the lock
+/// go. Returns how many connections it terminated.
+async fn kill_what_waits_behind(db: &TestDb, lock: &str, and: &str) -> i64 {
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    sqlx::raw_sql(&format!("BEGIN; {lock}")).execute(&mut blocker).await.expect("lock");
+    let waiting = format!("{OURS} AND wait_event_type = 'Lock' {and}");
+    let since = Instant::now();
+    while db.int(&format!("SELECT count(*) {waiting}")).await == 0
+        && since.elapsed() < Duration::from_secs(5)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = db.int(&format!("{KILL} {waiting}")).await;
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.expect("unlock");
+    killed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_postgres_connection_costs_no_reminder() {
     let Some(db) = TestDb::postgres().await else { return };
@@ -247,26 +271,11 @@ async fn a_terminated_postgres_connection_costs_no_reminder() {
     // a write of results is caught in the middle: it waits behind a lock, and its connection is
     // killed there.
     let fault = async {
-        const OURS: &str = "FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name = 'reminderctl'";
-        const KILL: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))";
         sink.wait_for(30, Duration::from_secs(20)).await;
         let killed = db.int(&format!("{KILL} {OURS}")).await;
         sink.wait_for(120, Duration::from_secs(20)).await;
-        let mut blocker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::raw_sql("BEGIN; LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
-            .execute(&mut blocker)
-            .await
-            .expect("lock");
-        let waiting = format!("{OURS} AND wait_event_type = 'Lock'");
-        let since = Instant::now();
-        while db.int(&format!("SELECT count(*) {waiting}")).await == 0
-            && since.elapsed() < Duration::from_secs(5)
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let killed_writes = db.int(&format!("{KILL} {waiting}")).await;
-        sqlx::raw_sql("COMMIT").execute(&mut blocker).await.expect("unlock");
+        let lock = "LOCK TABLE delivery_attempts IN EXCLUSIVE MODE";
+        let killed_writes = kill_what_waits_behind(&db, lock, "").await;
         (killed, killed_writes)
     };
     let (out, (killed, killed_writes)) = tokio::join!(pass, fault);
@@ -308,27 +317,8 @@ async fn killed_reservation(limit: (&'static str, &'static str), column: &str) -
     let pass = db.command(&["send", "--json", "--now", T3_NOW], &pairs(&env)).output();
     let fault = async {
         sink.wait_for(30, Duration::from_secs(20)).await;
-        let mut blocker = sqlx::PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::raw_sql("BEGIN; SELECT 1 FROM channel_state FOR UPDATE")
-            .execute(&mut blocker)
-            .await
-            .expect("lock");
-        let waiting = format!(
-            "FROM pg_stat_activity WHERE datname = current_database() \
-             AND application_name = 'reminderctl' AND wait_event_type = 'Lock' \
-             AND query LIKE '%{column}%FOR UPDATE%'"
-        );
-        let since = Instant::now();
-        while db.int(&format!("SELECT count(*) {waiting}")).await == 0
-            && since.elapsed() < Duration::from_secs(5)
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let killed = db
-            .int(&format!("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) {waiting}"))
-            .await;
-        sqlx::raw_sql("COMMIT").execute(&mut blocker).await.expect("unlock");
-        killed
+        let statement = format!("AND query LIKE '%{column}%FOR UPDATE%'");
+        kill_what_waits_behind(&db, "SELECT 1 FROM channel_state FOR UPDATE", &statement).await
     };
     let (out, killed) = tokio::join!(pass, fault);
     let out = out.expect("pass ran");
