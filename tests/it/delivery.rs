@@ -95,6 +95,31 @@ async fn rate_limited_body(db: &TestDb) {
     assert_eq!(count(&doc, "sent"), 1, "{doc}");
 }
 
+both!(a_rate_limit_reply_rests_the_channel_for_the_rest_of_the_pass, rate_limit_rest_body);
+async fn rate_limit_rest_body(db: &TestDb) {
+    contact(db, "Budi", "081234567890", "whatsapp").await;
+    for n in 1..=3 {
+        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    let server = twilio(
+        ResponseTemplate::new(429)
+            .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})),
+    )
+    .await;
+    let doc = run(db, &server, "2025-11-17T09:00:00+07:00", &[("REMINDER_CONCURRENCY", "1")]).await;
+    // The provider said "slow down": the pass asks it nothing more on this channel.
+    assert_eq!(server.received_requests().await.unwrap_or_default().len(), 1, "{doc}");
+    assert_eq!((count(&doc, "deferred"), count(&doc, "retried")), (1, 0), "{doc}");
+    let note = doc["channels"][0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("rate limited by the provider"), "{doc}");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 3);
+    assert_eq!(db.int("SELECT sum(attempts) FROM messages").await, 0);
+    // It resumes on a later pass, after the provider's rest.
+    let ok = twilio(created()).await;
+    let doc = run(db, &ok, "2025-11-17T09:05:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 3, "{doc}");
+}
+
 both!(bad_credentials_pause_the_channel_and_keep_every_message, channel_down_body);
 async fn channel_down_body(db: &TestDb) {
     contact(db, "Budi", "081234567890", "whatsapp").await;

@@ -352,6 +352,31 @@ async fn window_body(db: &TestDb) {
     assert_eq!(count(&doc, "sent"), 2, "{doc}");
 }
 
+both!(a_closed_scheduled_window_holds_only_the_scheduled_messages, scheduled_window_body);
+async fn scheduled_window_body(db: &TestDb) {
+    three_contacts(db).await;
+    invoice(db, 1, "INV-1", "2025-11-20").await;
+    db.exec("INSERT INTO scheduled_messages (contact_id, body, scheduled_at) VALUES (2, 'Siang', '2025-11-17T11:00:00+07:00')").await;
+    let mut env = LOG_CHANNELS.to_vec();
+    env.push(("REMINDER_SEND_WINDOW", "08:00-20:00"));
+    env.push(("REMINDER_SCHEDULED_SEND_WINDOW", "08:00-12:00"));
+    // At 14:00 the rules' window is open and the scheduled one closed: the dunning reminder goes.
+    let doc = db.pass(&["run", "--now", "2025-11-17T14:00:00+07:00"], &env).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    assert_eq!(
+        db.text("SELECT kind FROM messages WHERE status = 'sent'").await.as_deref(),
+        Some("dunning")
+    );
+    assert_eq!(
+        db.text("SELECT status FROM messages WHERE kind = 'scheduled'").await.as_deref(),
+        Some("pending")
+    );
+    // The scheduled message goes when its own window opens.
+    let doc = db.pass(&["run", "--now", "2025-11-18T08:00:30+07:00"], &env).await;
+    assert_eq!(count(&doc, "sent"), 1, "{doc}");
+    assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'sent'").await, 2);
+}
+
 both!(whatsapp_plus_email_sends_each_stage_on_both_once, all_of_body);
 async fn all_of_body(db: &TestDb) {
     db.exec("INSERT INTO contacts (name, phone, email, channels) VALUES ('Dimas', '081234567890', 'dimas@example.com', 'whatsapp + Email')").await;
