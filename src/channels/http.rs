@@ -139,13 +139,47 @@ impl Reply {
 }
 
 /// The class of a reply no provider-specific rule claimed: 429 asks us to slow down, another
-/// 4xx will fail the same way again, anything else (5xx, an odd 3xx) may heal by itself.
+/// 4xx will fail the same way again, a redirect is the base URL's mistake and takes the channel
+/// down (see [`redirected`]), anything else (5xx, an odd 1xx) may heal by itself.
 pub fn by_status(status: u16, headers: &HeaderMap, detail: String) -> DeliveryError {
     match status {
         429 => DeliveryError::RateLimited { reason: detail, retry_after: retry_after(headers) },
         400..=499 => DeliveryError::permanent(detail),
+        300..=399 => redirected(status, headers, &detail),
         _ => DeliveryError::Transient { reason: detail, retry_after: retry_after(headers) },
     }
+}
+
+/// A redirect, which the provider client never follows ([`client`]): the same redirect meets
+/// every message, so the channel rests until the base URL points where the redirect does. The
+/// reason names the target's origin only: a path or a query can carry a token (Telegram's path
+/// does).
+fn redirected(status: u16, headers: &HeaderMap, detail: &str) -> DeliveryError {
+    let location = headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+    let target = match location.map(|l| Url::parse(l.trim())) {
+        Some(Ok(url)) if url.has_host() => format!(" to {}", url.origin().ascii_serialization()),
+        Some(Err(url::ParseError::RelativeUrlWithoutBase)) => {
+            " to another path on the same server".to_string()
+        }
+        _ => String::new(),
+    };
+    DeliveryError::channel_down(format!(
+        "the provider answered HTTP {status}, a redirect{target}; redirects are not followed \
+         (one would drop or resend the message, or carry the credentials elsewhere): set the \
+         provider's base URL to the address it points to; {detail}"
+    ))
+}
+
+/// The HTTP client every provider adapter shares. It follows no redirect: a 301, 302 or 303
+/// turns the POST into a GET without its body, a 307 or 308 to another host drops the
+/// credentials, and either way the message is lost or the failure misnamed. The reply comes back
+/// as it is and [`by_status`] names it.
+pub fn client(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
 }
 
 /// A provider's message id as the outbox keeps it: trimmed, bounded and redacted (the id comes
@@ -229,7 +263,10 @@ mod tests {
             (499, "permanent"),
             (500, "transient"),
             (503, "transient"),
-            (302, "transient"),
+            (102, "transient"),
+            (300, "channel down"),
+            (302, "channel down"),
+            (399, "channel down"),
         ] {
             let err = by_status(status, &headers, format!("HTTP {status}"));
             assert!(err.to_string().starts_with(expected), "{status}: {err}");
@@ -241,6 +278,61 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_takes_the_channel_down_naming_only_its_origin() {
+        let server = MockServer::start().await;
+        let moved = format!("{}/moved/bot123:secret/sendMessage?token=abc", server.uri());
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::path("/moved/bot123:secret/sendMessage"))
+            .respond_with(ResponseTemplate::new(201).set_body_string("{\"sid\":\"SM1\"}"))
+            .mount(&server)
+            .await;
+        for (n, (status, location)) in [
+            (301, moved.as_str()),
+            (302, moved.as_str()),
+            (307, moved.as_str()),
+            (308, moved.as_str()),
+            (308, "/moved/bot123:secret/sendMessage"),
+            (303, "https://user:pw@provider.example:8443/x?token=abc"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let template = ResponseTemplate::new(status).insert_header("location", location);
+            let path = format!("/send/{n}");
+            Mock::given(method("POST"))
+                .and(wiremock::matchers::path(path.as_str()))
+                .respond_with(template)
+                .mount(&server)
+                .await;
+            let url = format!("{}{path}", server.uri());
+            let response = client().post(url).body("To=1&Body=hi").send().await.expect("answers");
+            let reply = Reply::read(response).await.expect("the body is readable");
+            assert_eq!(reply.status.as_u16(), status, "{location}: the redirect was followed");
+            let DeliveryError::ChannelDown { reason } =
+                by_status(status, &reply.headers, format!("HTTP {status}"))
+            else {
+                panic!("{status}: not channel down")
+            };
+            assert!(
+                reason.starts_with(&format!("the provider answered HTTP {status}")),
+                "{reason}"
+            );
+            assert!(!reason.contains("secret") && !reason.contains("abc"), "{reason}");
+            assert!(!reason.contains("pw") && !reason.contains("moved"), "{reason}");
+            let expected = if location.starts_with('/') {
+                "to another path on the same server".to_string()
+            } else if status == 303 {
+                "to https://provider.example:8443".to_string()
+            } else {
+                format!("to {}", server.uri())
+            };
+            assert!(reason.contains(&expected), "{reason}");
+        }
+        let followed = server.received_requests().await.unwrap_or_default();
+        assert!(followed.iter().all(|r| r.url.path().starts_with("/send/")), "{followed:?}");
     }
 
     #[test]

@@ -155,10 +155,7 @@ impl Registry {
             if let Some(c) = &client {
                 return Ok(c.clone());
             }
-            let c = reqwest::Client::builder()
-                .timeout(settings.request_timeout)
-                .connect_timeout(settings.request_timeout.min(std::time::Duration::from_secs(10)))
-                .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
+            let c = http::client(settings.request_timeout)
                 .build()
                 .map_err(|e| SetupError::Http(e.to_string()))?;
             client = Some(c.clone());

@@ -16,18 +16,15 @@ use wiremock::Request;
 use super::http::Reply;
 use super::{DeliveryError, OutboundMessage, Receipt};
 
-/// A client without the system proxy: every request in the tests must stay on loopback.
+/// The adapters' client as a pass builds it, without the system proxy: every request in the
+/// tests must stay on loopback.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("test client builds")
+    super::http::client(Duration::from_secs(30)).no_proxy().build().expect("test client builds")
 }
 
-/// A loopback-only client whose requests time out after 300 ms.
+/// [`client`] with requests that time out after 300 ms.
 pub fn timeout_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .expect("test client builds")
+    super::http::client(Duration::from_millis(300)).no_proxy().build().expect("test client builds")
 }
 
 /// A reply as [`Reply::read`] produces it, for the adapters' pure `answer` functions.

@@ -153,6 +153,47 @@ async fn channel_down_body(db: &TestDb) {
     assert!(status["channels"][0]["down"].is_null(), "{status}");
 }
 
+both!(a_provider_that_redirects_takes_the_channel_down_and_keeps_every_message, redirect_body);
+async fn redirect_body(db: &TestDb) {
+    contact(db, "Budi", "081234567890", "whatsapp").await;
+    for n in 1..=2 {
+        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
+    }
+    // A proxy in front of the provider points elsewhere. Followed, a 301 would turn the POST
+    // into a GET without its body (the message fails for a setup mistake), and a 308 would
+    // resend it to whatever the proxy names.
+    for (status, minute) in [(301, "09:00"), (308, "09:10")] {
+        let server = MockServer::start().await;
+        let elsewhere = format!("{}/moved/Messages.json?token=s3cr3t-in-the-url", server.uri());
+        Mock::given(method("POST"))
+            .and(path(TWILIO_PATH))
+            .respond_with(ResponseTemplate::new(status).insert_header("location", elsewhere))
+            .mount(&server)
+            .await;
+        Mock::given(path("/moved/Messages.json")).respond_with(created()).mount(&server).await;
+        let now = format!("2025-11-17T{minute}:00+07:00");
+        let doc = run(db, &server, &now, &[("REMINDER_CONCURRENCY", "1")]).await;
+        let asked = server.received_requests().await.unwrap_or_default();
+        assert_eq!(asked.len(), 1, "{status}: the redirect was followed: {asked:?}");
+        assert_eq!((count(&doc, "sent"), count(&doc, "failed")), (0, 0), "{doc}");
+        assert_eq!((count(&doc, "deferred"), count(&doc, "retried")), (1, 0), "{doc}");
+        let note = doc["channels"][0]["note"].as_str().unwrap_or_default();
+        assert!(note.contains(&format!("HTTP {status}, a redirect to {}", server.uri())), "{doc}");
+        assert!(!doc.to_string().contains("s3cr3t"), "{doc}");
+        assert_eq!(db.int("SELECT count(*) FROM messages WHERE status = 'pending'").await, 2);
+        assert_eq!(db.int("SELECT sum(attempts) FROM messages").await, 0);
+        let env = twilio_env(&server.uri());
+        let status_doc = db.pass(&["status", "--now", &now], &pairs(&env)).await;
+        let down = status_doc["channels"][0]["down"]["reason"].as_str().unwrap_or_default();
+        assert!(down.contains("redirects are not followed"), "{status_doc}");
+    }
+    // The base URL fixed: both go, once each.
+    let ok = twilio(created()).await;
+    let doc = run(db, &ok, "2025-11-17T09:20:00+07:00", &[]).await;
+    assert_eq!(count(&doc, "sent"), 2, "{doc}");
+    assert_eq!(ok.received_requests().await.unwrap_or_default().len(), 2);
+}
+
 both!(outside_the_send_window_nothing_is_sent, window_body);
 async fn window_body(db: &TestDb) {
     one_due_invoice(db).await;
