@@ -942,6 +942,7 @@ async fn peer_round(
             (wal1 - wal0) as f64 / n as f64,
         );
         let stats = sink.stats()?;
+        eprintln!("    sink: {} connection(s) accepted", stats["conns"]);
         let seen = stats["count"].as_u64().unwrap_or(0);
         let dups = stats["dups"].as_u64().unwrap_or(u64::MAX);
         let sent = scenario
