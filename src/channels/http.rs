@@ -228,6 +228,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reply_of_a_few_dozen_kib_is_read_whole() {
+        // Twilio echoes the message's text (up to 1,600 characters) in its Message resource,
+        // and a proxy's error page runs to a few KiB: neither may be cut.
+        let big = format!("{{\"sid\":\"SM1\",\"body\":\"{}\"}}", "x".repeat(32 * 1024));
+        let reply = reply_to(ResponseTemplate::new(201).set_body_string(big.clone())).await;
+        assert_eq!((reply.body.len(), reply.truncated), (big.len(), false));
+        assert_eq!(
+            reply.json().and_then(|v| v["sid"].as_str().map(str::to_owned)),
+            Some("SM1".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reply_cut_off_mid_body_is_transient_and_says_it_could_not_be_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = [0u8; 8192];
+                let _ = socket.read(&mut request).await;
+                let head = b"HTTP/1.1 201 Created\r\nContent-Length: 100\r\n\r\n{\"sid\":";
+                let _ = socket.write_all(head).await;
+                // Dropped here: the connection closes 92 bytes short.
+            }
+        });
+        let response = client().get(&base).send().await.expect("the head arrives");
+        let err = Reply::read(response).await.expect_err("the body is short");
+        assert_eq!(err.to_string(), "transient: the provider's reply could not be read");
+    }
+
+    #[tokio::test]
     async fn a_cut_json_body_is_not_json() {
         let big = format!("{{\"sid\":\"SM1\",\"pad\":\"{}\"}}", "x".repeat(MAX_REPLY_BYTES));
         let reply = reply_to(ResponseTemplate::new(201).set_body_string(big)).await;
@@ -296,6 +328,7 @@ mod tests {
             (308, moved.as_str()),
             (308, "/moved/bot123:secret/sendMessage"),
             (303, "https://user:pw@provider.example:8443/x?token=abc"),
+            (302, "about:blank"),
         ]
         .into_iter()
         .enumerate()
@@ -322,7 +355,9 @@ mod tests {
             );
             assert!(!reason.contains("secret") && !reason.contains("abc"), "{reason}");
             assert!(!reason.contains("pw") && !reason.contains("moved"), "{reason}");
-            let expected = if location.starts_with('/') {
+            let expected = if location == "about:blank" {
+                format!("HTTP {status}, a redirect; redirects are not followed")
+            } else if location.starts_with('/') {
                 "to another path on the same server".to_string()
             } else if status == 303 {
                 "to https://provider.example:8443".to_string()
