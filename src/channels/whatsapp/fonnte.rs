@@ -357,6 +357,17 @@ mod tests {
     }
 
     #[test]
+    fn the_status_flag_is_a_boolean_or_its_spelling_as_text() {
+        let status = |v: Value| FonnteReply::parse(Some(&v)).status;
+        assert_eq!(status(json!({"status": true})), Some(true));
+        assert_eq!(status(json!({"status": " TRUE "})), Some(true));
+        assert_eq!(status(json!({"Status": "false"})), Some(false));
+        assert_eq!(status(json!({"status": "maybe"})), None);
+        assert_eq!(status(json!({"status": 1})), None);
+        assert_eq!(status(json!("ok")), None);
+    }
+
+    #[test]
     fn recipients_become_bare_digits_or_nothing() {
         assert_eq!(phone_digits("6281234567890").as_deref(), Some("6281234567890"));
         assert_eq!(phone_digits(" +6281234567890 ").as_deref(), Some("6281234567890"));

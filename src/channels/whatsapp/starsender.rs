@@ -339,6 +339,8 @@ mod tests {
         let success = |v: Value| StarsenderReply::parse(Some(&v)).success;
         assert_eq!(success(json!({"success": true})), Some(true));
         assert_eq!(success(json!({"Success": "false"})), Some(false));
+        assert_eq!(success(json!({"success": " TRUE "})), Some(true));
+        assert_eq!(success(json!({"success": "yes"})), None);
         assert_eq!(success(json!({"status": true})), Some(true));
         assert_eq!(success(json!({"success": false, "status": true})), Some(false));
         assert_eq!(success(json!({"status": "pending"})), None);
@@ -389,6 +391,7 @@ mod tests {
             (200, failed("Device disconnected, please scan QR"), none, "channel_down",
              "device is not connected", None),
             (400, failed("WhatsApp is not connected"), none, "channel_down", "not connected", None),
+            (200, failed("Device is offline"), none, "channel_down", "device is not connected", None),
             (400, failed("Your message quota has run out"), none, "channel_down", "quota is exhausted", None),
             (200, failed("Rate limit exceeded"), r4, "rate_limited", "Rate limit exceeded", Some(4)),
             (400, failed("Body exceeds the character limit"), none, "permanent", "character limit", None),
