@@ -155,7 +155,7 @@ impl Registry {
             if let Some(c) = &client {
                 return Ok(c.clone());
             }
-            let c = http::client(settings.request_timeout)
+            let c = self::http::client(settings.request_timeout)
                 .build()
                 .map_err(|e| SetupError::Http(e.to_string()))?;
             client = Some(c.clone());

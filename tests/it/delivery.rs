@@ -33,6 +33,14 @@ async fn one_due_invoice(db: &TestDb) {
     invoice(db, 1, "INV-1", "2025-11-20").await;
 }
 
+/// One WhatsApp contact with `n` invoices due on 20 November (INV-1 … INV-n).
+async fn due_invoices(db: &TestDb, n: usize) {
+    contact(db, "Budi", "081234567890", "whatsapp").await;
+    for i in 1..=n {
+        invoice(db, 1, &format!("INV-{i}"), "2025-11-20").await;
+    }
+}
+
 both!(twilio_gets_the_normalized_number_and_the_sid_is_kept, twilio_request_body);
 async fn twilio_request_body(db: &TestDb) {
     one_due_invoice(db).await;
@@ -97,10 +105,7 @@ async fn rate_limited_body(db: &TestDb) {
 
 both!(a_rate_limit_reply_rests_the_channel_for_the_rest_of_the_pass, rate_limit_rest_body);
 async fn rate_limit_rest_body(db: &TestDb) {
-    contact(db, "Budi", "081234567890", "whatsapp").await;
-    for n in 1..=3 {
-        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
-    }
+    due_invoices(db, 3).await;
     let server = twilio(
         ResponseTemplate::new(429)
             .set_body_json(json!({"code": 20429, "message": "Too Many Requests", "status": 429})),
@@ -122,10 +127,7 @@ async fn rate_limit_rest_body(db: &TestDb) {
 
 both!(bad_credentials_pause_the_channel_and_keep_every_message, channel_down_body);
 async fn channel_down_body(db: &TestDb) {
-    contact(db, "Budi", "081234567890", "whatsapp").await;
-    for n in 1..=3 {
-        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
-    }
+    due_invoices(db, 3).await;
     let server = twilio(
         ResponseTemplate::new(401)
             .set_body_json(json!({"code": 20003, "message": "Authenticate", "status": 401})),
@@ -155,10 +157,7 @@ async fn channel_down_body(db: &TestDb) {
 
 both!(a_provider_that_redirects_takes_the_channel_down_and_keeps_every_message, redirect_body);
 async fn redirect_body(db: &TestDb) {
-    contact(db, "Budi", "081234567890", "whatsapp").await;
-    for n in 1..=2 {
-        invoice(db, 1, &format!("INV-{n}"), "2025-11-20").await;
-    }
+    due_invoices(db, 2).await;
     // A proxy in front of the provider points elsewhere. Followed, a 301 would turn the POST
     // into a GET without its body (the message fails for a setup mistake), and a 308 would
     // resend it to whatever the proxy names.
