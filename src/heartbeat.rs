@@ -1,7 +1,9 @@
 //! The push-monitor ping after each pass (`REMINDER_HEARTBEAT_URL`): Healthchecks.io and Uptime
 //! Kuma hear that the scheduler ran, and raise the alarm when it stops. The ping is a GET with a
 //! short timeout; whatever happens to it is logged and never changes the pass's outcome. Its URL
-//! is a credential, so neither it nor a `reqwest::Error` (which carries it) is ever printed.
+//! is a credential, so neither it nor a `reqwest::Error` (which carries it) is ever printed, and
+//! a redirect is not followed: the request to the new address would carry the URL along (as its
+//! `Referer`), to wherever the redirect points.
 
 use std::time::Duration;
 
@@ -23,16 +25,7 @@ pub async fn beat(heartbeat: Option<&Heartbeat>, ok: bool) {
 /// client would load the TLS roots again each time.
 fn client() -> Option<&'static reqwest::Client> {
     static CLIENT: std::sync::OnceLock<Option<reqwest::Client>> = std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(TIMEOUT)
-                .connect_timeout(TIMEOUT)
-                .user_agent(concat!("reminderctl/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .ok()
-        })
-        .as_ref()
+    CLIENT.get_or_init(|| crate::channels::http::client(TIMEOUT).build().ok()).as_ref()
 }
 
 /// Fetches the heartbeat URL: as configured after a pass that completed, with `/fail` after one
@@ -52,6 +45,13 @@ pub async fn ping(heartbeat: &Heartbeat, ok: bool) -> Result<(), String> {
     let status = reply.status();
     if status.is_success() {
         Ok(())
+    } else if status.is_redirection() {
+        Err(format!(
+            "{heartbeat} answered HTTP {}, a redirect{}, which is not followed (the request would \
+             carry the URL's token there): set REMINDER_HEARTBEAT_URL to the address it points to",
+            status.as_u16(),
+            crate::channels::http::redirect_target(reply.headers())
+        ))
     } else {
         Err(format!("{heartbeat} answered HTTP {}", status.as_u16()))
     }

@@ -151,23 +151,28 @@ pub fn by_status(status: u16, headers: &HeaderMap, detail: String) -> DeliveryEr
 }
 
 /// A redirect, which the provider client never follows ([`client`]): the same redirect meets
-/// every message, so the channel rests until the base URL points where the redirect does. The
-/// reason names the target's origin only: a path or a query can carry a token (Telegram's path
-/// does).
+/// every message, so the channel rests until the base URL points where the redirect does.
 fn redirected(status: u16, headers: &HeaderMap, detail: &str) -> DeliveryError {
-    let location = headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
-    let target = match location.map(|l| Url::parse(l.trim())) {
-        Some(Ok(url)) if url.has_host() => format!(" to {}", url.origin().ascii_serialization()),
-        Some(Err(url::ParseError::RelativeUrlWithoutBase)) => {
-            " to another path on the same server".to_string()
-        }
-        _ => String::new(),
-    };
+    let target = redirect_target(headers);
     DeliveryError::channel_down(format!(
         "the provider answered HTTP {status}, a redirect{target}; redirects are not followed \
          (one would drop or resend the message, or carry the credentials elsewhere): set the \
          provider's base URL to the address it points to; {detail}"
     ))
+}
+
+/// Where a redirect points, as a reason may name it: " to <origin>", " to another path on the
+/// same server", or nothing when the reply names no usable target. Only the origin: a path or a
+/// query can carry a token (Telegram's path and a heartbeat URL's do).
+pub fn redirect_target(headers: &HeaderMap) -> String {
+    let location = headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok());
+    match location.map(|l| Url::parse(l.trim())) {
+        Some(Ok(url)) if url.has_host() => format!(" to {}", url.origin().ascii_serialization()),
+        Some(Err(url::ParseError::RelativeUrlWithoutBase)) => {
+            " to another path on the same server".to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 /// The HTTP client every provider adapter shares. It follows no redirect: a 301, 302 or 303

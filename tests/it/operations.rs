@@ -133,6 +133,32 @@ async fn heartbeat_body(db: &TestDb) {
     assert!(all.contains("the heartbeat at 127.0.0.1 was not reached"), "{all}");
     assert!(!all.contains("5f3a9c1e-token"), "{all}");
 
+    // A monitor that redirects is not followed: the request to the new address would carry the
+    // URL (as its Referer) there. The warning names where it points, by origin only.
+    let elsewhere = monitor().await;
+    let moved = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(302)
+                .insert_header("location", format!("{}/ping/5f3a9c1e-token", elsewhere.uri())),
+        )
+        .mount(&moved)
+        .await;
+    let url = format!("{}/ping/5f3a9c1e-token", moved.uri());
+    let env = [LOG_CHANNELS.as_slice(), &[("REMINDER_HEARTBEAT_URL", url.as_str())]].concat();
+    let out = db.run(&["run"], &env).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(pings(&moved).await.len(), 1);
+    assert!(pings(&elsewhere).await.is_empty(), "the redirect was followed");
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    let warning = format!(
+        "the heartbeat at 127.0.0.1 answered HTTP 302, a redirect to {}, which is not followed",
+        elsewhere.uri()
+    );
+    assert!(all.contains(&warning), "{all}");
+    assert!(all.contains("REMINDER_HEARTBEAT_URL"), "{all}");
+    assert!(!all.contains("5f3a9c1e-token"), "{all}");
+
     // A URL that is not one stops the command before anything runs, without echoing it.
     let env =
         [LOG_CHANNELS.as_slice(), &[("REMINDER_HEARTBEAT_URL", "hc-ping 5f3a9c1e-token")]].concat();
