@@ -214,10 +214,19 @@ fn classify(
         format!("Fonnte answered HTTP {}: {said}", status.as_u16())
     };
     match status.as_u16() {
-        // A Fonnte refusal that happens to ride a 4xx is still classified by what it says.
-        400..=428 | 430..=499 if reply.status == Some(false) && reply.reason.is_some() => {
+        // A Fonnte refusal that happens to ride a 4xx is still classified by what it says, with
+        // or without its `status: false`: a 400 saying "token invalid" is the token's fault and
+        // would fail every message of the batch for good if read as the message's.
+        400..=428 | 430..=499 if reply.status != Some(true) && reply.reason.is_some() => {
             reply.refusal(redactor)
         }
+        // The device token is the only credential: one that is refused is refused for every
+        // message, so the channel rests instead of failing each of them.
+        401 | 403 => DeliveryError::channel_down(format!(
+            "Fonnte rejected the device token (HTTP {}): use the device token from the Fonnte \
+             dashboard; {detail}",
+            status.as_u16()
+        )),
         code => http::by_status(code, headers, detail),
     }
 }
@@ -546,12 +555,41 @@ mod tests {
             ),
             // A Fonnte refusal that rides a 4xx is still classified by its reason.
             (401, refused("token invalid"), none, "channel_down", "device token", None),
+            // ... without its status flag too.
+            (
+                400,
+                json!({"reason": "invalid token"}).to_string(),
+                none,
+                "channel_down",
+                "Fonnte rejected the device token: use the device token",
+                None,
+            ),
+            (
+                400,
+                json!({"reason": "target invalid"}).to_string(),
+                none,
+                "permanent",
+                "recipient number is invalid",
+                None,
+            ),
+            // A 401 or 403 without a reason is the token too, not the message.
             (
                 401,
                 format!("Unauthorized {TOKEN}"),
                 none,
+                "channel_down",
+                "Fonnte rejected the device token (HTTP 401): use the device token from the \
+                 Fonnte dashboard; Fonnte answered HTTP 401: Unauthorized [redacted]",
+                None,
+            ),
+            (403, String::new(), none, "channel_down", "(HTTP 403)", None),
+            // A reason beside `status: true` on a 4xx is not a refusal of Fonnte's own.
+            (
+                400,
+                json!({"status": true, "reason": "token invalid"}).to_string(),
+                none,
                 "permanent",
-                "HTTP 401: Unauthorized [redacted]",
+                "Fonnte answered HTTP 400: token invalid",
                 None,
             ),
         ];
