@@ -1006,6 +1006,17 @@ async fn compare_with_peers(
                 .map(|k| k / 1024.0)
                 .collect();
             for r in &runs {
+                // The same split as reminderctl's rounds print, from the peer's own record
+                // (seconds of CPU over the run), so the three compare within one run.
+                let per = |key: &str| r[key].as_f64().unwrap_or(f64::NAN) * 1e6 / n as f64;
+                eprintln!(
+                    "    {:.0} msg/s; CPU a message: worker {:.0} µs, PostgreSQL {:.0} µs, sink \
+                     {:.0} µs",
+                    r["jobs_per_s"].as_f64().unwrap_or(f64::NAN),
+                    per("worker_user_s") + per("worker_sys_s"),
+                    per("postgres_cpu_s"),
+                    per("sink_cpu_s"),
+                );
                 if r["sink_count"].as_u64() != Some(n) || r["sink_dups"].as_u64() != Some(0) {
                     failures.push(format!(
                         "{script} N={n}: sink saw {} ({} dups)",
