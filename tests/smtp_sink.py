@@ -4,7 +4,8 @@ Usage: python3 tests/smtp_sink.py PORT DIR [options]
 
 Binds 127.0.0.1:PORT (0 = any free port), prints the bound port as the first stdout line, then
 serves until killed (or until the process that started it goes away). Each accepted message is
-written raw, as DIR/000001.eml, DIR/000002.eml, ...
+written raw, as DIR/000001.eml, DIR/000002.eml, ..., beside DIR/000001.peer, ... holding the
+client's address and port (which connection the message came over).
 
 RCPT answers depend on the recipient's local part:
   reject...@  ->  550 5.1.1 <addr>: user unknown
@@ -24,6 +25,9 @@ there is no STARTTLS. Options:
                          (the AUTH failure, RCPT's 550/451, DATA's 250): the lines re-encoded
                          exactly as the client sent them, then decoded. A server like that must
                          not make the client print the password.
+  --stall-first SECONDS  answer the first message's DATA only SECONDS after it arrived (it is
+                         written at once): a server slower than the client's timeout, whose late
+                         reply is still owed on that connection.
   --echo-at N            with --echo-auth, pad the quote so that its first credential starts at
                          character N of the reply's text (after the code), to put it across a
                          cut in the client's error message.
@@ -32,6 +36,7 @@ Needs aiosmtpd (python3 -m pip install aiosmtpd).
 """
 
 import argparse
+import asyncio
 import base64
 import itertools
 import os
@@ -111,6 +116,10 @@ class Sink:
         with open(partial, "wb") as out:
             out.write(envelope.original_content)
         os.replace(partial, name)
+        with open(os.path.join(self.directory, f"{number:06d}.peer"), "w") as out:
+            out.write(f"{session.peer[0]}:{session.peer[1]}")
+        if number == 1 and self.options.stall_first:
+            await asyncio.sleep(self.options.stall_first)
         return self.reply(session, "250 Message accepted for delivery")
 
 
@@ -134,6 +143,7 @@ def parse():
     parser.add_argument("--require-auth", action="store_true")
     parser.add_argument("--echo-auth", action="store_true")
     parser.add_argument("--echo-at", type=int, metavar="N")
+    parser.add_argument("--stall-first", type=float, metavar="SECONDS")
     options = parser.parse_args()
     options.credentials = None
     if options.auth is not None:

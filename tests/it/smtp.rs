@@ -109,6 +109,19 @@ impl SmtpSink {
             })
             .collect()
     }
+
+    /// The client's address and port for each accepted message, in the order of
+    /// [`SmtpSink::messages`]: the same value twice means the same connection.
+    pub fn peers(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .expect("read the sink's directory")
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "peer"))
+            .collect();
+        files.sort();
+        files.iter().map(|path| std::fs::read_to_string(path).expect("read a peer")).collect()
+    }
 }
 
 impl Drop for SmtpSink {
@@ -379,6 +392,32 @@ async fn one_channel_sends_several_messages_even_after_a_refused_recipient() {
     let recipients: Vec<String> =
         sink.messages().iter().map(|raw| header(&split(raw).0, "To").to_owned()).collect();
     assert_eq!(recipients, ["satu@example.com", "dua@example.com", "tiga@example.com"]);
+}
+
+#[tokio::test]
+async fn a_send_cut_off_by_its_timeout_leaves_its_connection_behind() {
+    // The sink answers the first DATA two seconds late; the channel gives up after one. That
+    // connection still owes the late reply: a message sent over it would take the 250 meant for
+    // the first as the answer to its own NOOP or MAIL, and each reply after it would be one
+    // behind. The next messages go over a new connection instead.
+    let Some(sink) = SmtpSink::start_with(&["--stall-first", "2"]).await else { return };
+    let config = SmtpConfig { timeout: Duration::from_secs(1), ..config(sink.port) };
+    let channel = SmtpChannel::new(config).expect("a valid SMTP config");
+
+    let err = channel.send(&message("satu@example.com")).await.expect_err("the first times out");
+    let DeliveryError::Transient { reason, .. } = err else { panic!("{err:?}") };
+    assert!(reason.contains("did not finish the exchange within 1 s"), "{reason}");
+    // Past the stall: the late reply has reached the old connection by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    channel.send(&message("dua@example.com")).await.expect("second message");
+    channel.send(&message("tiga@example.com")).await.expect("third message");
+
+    let recipients: Vec<String> =
+        sink.messages().iter().map(|raw| header(&split(raw).0, "To").to_owned()).collect();
+    assert_eq!(recipients, ["satu@example.com", "dua@example.com", "tiga@example.com"]);
+    let peers = sink.peers();
+    assert_eq!(peers.len(), 3, "{peers:?}");
+    assert_ne!(peers[1], peers[0], "the second message went over the stalled connection");
 }
 
 #[tokio::test]
