@@ -95,14 +95,7 @@ impl SmtpSink {
 
     /// Every message the sink accepted, raw, in arrival order.
     pub fn messages(&self) -> Vec<String> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .expect("read the sink's directory")
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "eml"))
-            .collect();
-        files.sort();
-        files
+        self.files("eml")
             .iter()
             .map(|path| {
                 String::from_utf8_lossy(&std::fs::read(path).expect("read a message")).into_owned()
@@ -113,14 +106,22 @@ impl SmtpSink {
     /// The client's address and port for each accepted message, in the order of
     /// [`SmtpSink::messages`]: the same value twice means the same connection.
     pub fn peers(&self) -> Vec<String> {
+        self.files("peer")
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read a peer"))
+            .collect()
+    }
+
+    /// The sink's files with this extension, in the order it wrote them.
+    fn files(&self, extension: &str) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
             .expect("read the sink's directory")
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| path.extension().is_some_and(|ext| ext == "peer"))
+            .filter(|path| path.extension().is_some_and(|ext| ext == extension))
             .collect();
         files.sort();
-        files.iter().map(|path| std::fs::read_to_string(path).expect("read a peer")).collect()
+        files
     }
 }
 
