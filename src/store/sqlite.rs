@@ -333,6 +333,13 @@ impl Drop for Single {
     }
 }
 
+/// `SQLITE_BUSY` or `SQLITE_LOCKED`, in any of their extended forms: another connection holds what
+/// this one needs, and trying again later may succeed.
+fn is_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(e) = e else { return false };
+    e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
 impl SqliteStore {
     pub async fn connect(url: &str, tz: Tz) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
@@ -347,11 +354,28 @@ impl SqliteStore {
         let filename = options.get_filename().to_path_buf();
         let path = (!filename.as_os_str().is_empty() && filename.as_os_str() != ":memory:")
             .then_some(filename);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
-            .await?;
+        let began = std::time::Instant::now();
+        let mut pause = Duration::from_millis(20);
+        let pool = loop {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.clone())
+                .await;
+            match pool {
+                Ok(pool) => break pool,
+                // Processes that open a new file at once race to switch it to WAL, and SQLite
+                // can answer a loser "database is locked" at once, without waiting out the busy
+                // timeout: its read of the header cannot become the write the switch needs while
+                // another holds the file. By the next try the winner has switched it.
+                Err(e) if is_busy(&e) && began.elapsed() < BUSY_TIMEOUT => {
+                    tracing::debug!(error = %e, "the database was busy while opening; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Self { pool, path, tz })
     }
 

@@ -77,6 +77,36 @@ impl LockHolder {
     }
 }
 
+/// A new SQLite file whose write lock another process holds, as when a first pass starts while
+/// another is creating the file: the open waits for the lock and then migrates. SQLite answers a
+/// connection switching such a file to WAL "database is locked" at once, without waiting out
+/// the busy timeout, and the pass used to fail with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_a_new_file_waits_for_a_write_lock_another_process_holds() {
+    if !have_tool("python3", "the SQLite write-lock test") {
+        return;
+    }
+    let db = TestDb::sqlite().await;
+    let path = db.dir.path().join("fresh.db").display().to_string();
+    let mut locker = LockHolder::ready(&path, 1.5).await;
+    locker.lock().await;
+    let url = format!("sqlite:{path}");
+    let began = Instant::now();
+    let out = db.command(&["status", "--json", "--database-url", &url], &[]).output().await;
+    let out = out.expect("ran");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(began.elapsed() >= Duration::from_millis(500), "the lock was not held: {began:?}");
+    locker.wait().await;
+    let mut store = sqlx::SqliteConnection::connect(&url).await.expect("open the migrated file");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
+    )
+    .fetch_one(&mut store)
+    .await
+    .expect("read the schema");
+    assert_eq!(tables, 1, "the open did not go on to migrate");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_lock_held_past_the_busy_timeout_halts_sending_and_repeats_nothing() {
     if !have_tool("python3", "the SQLite write-lock test") {
